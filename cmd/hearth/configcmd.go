@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hearth-ci/hearth/config"
+)
+
+func configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "work with hearth's config file",
+		Subcommands: []*cli.Command{{
+			Name:      "check",
+			Usage:     "validate a config file",
+			ArgsUsage: "[PATH]",
+			Flags:     []cli.Flag{configFlag()},
+			Action: func(c *cli.Context) error {
+				path := configPath(c)
+				if c.NArg() > 0 {
+					path = c.Args().First()
+				}
+				cfg, err := config.Load(path)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "%s is valid: %d environments, default %q, network %q\n", path, len(cfg.Environments), cfg.Jobs.DefaultEnvironment, cfg.Jobs.Network)
+				return nil
+			},
+		}},
+	}
+}

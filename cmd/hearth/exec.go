@@ -1,0 +1,102 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"math/big"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hearth-ci/hearth/runner"
+)
+
+func execCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "exec",
+		Usage:     "run one job of a .gitlab-ci.yml locally, through the driver, as gitlab-runner would",
+		ArgsUsage: "JOB",
+		Description: "The job runs in a job container exactly as it would under gitlab-runner, with\n" +
+			"GIT_STRATEGY=none unless the job sets it. Ctrl-C cancels the job gracefully (its\n" +
+			"after_script still runs); a second Ctrl-C aborts it.",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Value: ".gitlab-ci.yml", Usage: "the pipeline file"},
+			&cli.Int64Flag{Name: "job-id", Usage: "job id (default: random)"},
+			&cli.Int64Flag{Name: "project-id", Value: 1},
+			&cli.StringFlag{Name: "project-path", Usage: "group/project (default: local/<current dir>)"},
+			&cli.StringFlag{Name: "repo-url", Usage: "repository to fetch when GIT_STRATEGY is fetch or clone"},
+			&cli.StringFlag{Name: "ref", Value: "main"},
+			&cli.StringFlag{Name: "sha", Value: "0000000000000000000000000000000000000000"},
+			&cli.BoolFlag{Name: "protected", Usage: "run as on a protected branch"},
+			&cli.DurationFlag{Name: "timeout", Value: 3600e9, Usage: "job timeout"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("name one job to run, e.g. `hearth exec build`")
+			}
+			job, err := runner.LoadJob(c.String("file"), c.Args().First())
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfgPath, err := filepath.Abs(configPath(c))
+			if err != nil {
+				return err
+			}
+			// Fail here, with the file's own message, rather than inside prepare.
+			if _, err := loadConfig(c); err != nil {
+				return err
+			}
+			drv := func(stage string) runner.Command {
+				return runner.Command{Exec: self, Args: []string{"--config", cfgPath, "driver", stage}}
+			}
+			projectPath := c.String("project-path")
+			if projectPath == "" {
+				wd, _ := os.Getwd()
+				projectPath = "local/" + filepath.Base(wd)
+			}
+			repoURL := c.String("repo-url")
+			if repoURL == "" {
+				repoURL = "https://gitlab.invalid/" + projectPath + ".git"
+			}
+			jobID := c.Int64("job-id")
+			if jobID == 0 {
+				n, _ := rand.Int(rand.Reader, big.NewInt(1e9))
+				jobID = n.Int64() + 1
+			}
+			r := runner.New(runner.Options{
+				Custom: runner.Custom{
+					Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup"),
+					GracefulKillTimeout: 30e9,
+				},
+				Job: job, JobID: jobID,
+				ProjectID: c.Int64("project-id"), ProjectPath: projectPath, RepoURL: repoURL,
+				Ref: c.String("ref"), SHA: c.String("sha"), Protected: c.Bool("protected"),
+				RunnerToken: "local", Timeout: c.Duration("timeout"),
+				Log: os.Stdout, RunnerLog: os.Stderr,
+			})
+			sig := make(chan os.Signal, 2)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sig)
+			go func() {
+				<-sig
+				fmt.Fprintln(os.Stderr, "Canceling the job: its script is stopped and after_script runs. Interrupt again to abort.")
+				r.Cancel()
+				<-sig
+				r.Abort()
+			}()
+			res := r.Run(c.Context)
+			if res.State != "success" {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hearth-ci/hearth/executor"
+)
+
+func gcCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gc",
+		Usage: "remove job containers, snapshots and dirs whose job is gone",
+		Description: "A job container is orphaned when no stage has run in it for longer than --older-than\n" +
+			"(or its agent is gone and it is that old). Containers with a stage in progress are never removed.",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.DurationFlag{Name: "older-than", Value: time.Hour, Usage: "how long a job may sit idle before it counts as orphaned"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			ex := executor.New(cfg)
+			defer ex.Close()
+			return ex.GC(c.Context, c.Duration("older-than"), os.Stdout)
+		},
+	}
+}

@@ -1,0 +1,143 @@
+// Package config reads hearth's one TOML file. Decoding is strict: an unknown key or a value of the
+// wrong type is an error that names the key and its line, because a typo in a runner's config must
+// not silently change what jobs are allowed to do.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where hearth looks for its config when neither --config nor $HEARTH_CONFIG is given.
+const DefaultPath = "/etc/hearth/config.toml"
+
+// Config is the whole file. Each section is plain data; the packages that act on it take the
+// section they need.
+type Config struct {
+	Containerd   Containerd             `toml:"containerd"`
+	Nix          Nix                    `toml:"nix"`
+	Jobs         Jobs                   `toml:"jobs"`
+	Environments map[string]Environment `toml:"environments"`
+}
+
+// Containerd says which containerd daemon runs the job containers.
+type Containerd struct {
+	Address   string `toml:"address"`
+	Namespace string `toml:"namespace"`
+}
+
+// Nix says where the host's nix-daemon listens.
+type Nix struct {
+	DaemonSocket string `toml:"daemon_socket"`
+}
+
+// Jobs holds what applies to every job container.
+type Jobs struct {
+	BuildsRoot         string   `toml:"builds_root"`
+	CacheRoot          string   `toml:"cache_root"`
+	StateDir           string   `toml:"state_dir"`
+	DefaultEnvironment string   `toml:"default_environment"`
+	AllowedImages      []string `toml:"allowed_images"`
+	Network            string   `toml:"network"`
+	UIDMapStart        uint32   `toml:"uid_map_start"`
+	UIDMapSize         uint32   `toml:"uid_map_size"`
+	StopTimeout        Duration `toml:"stop_timeout"`
+}
+
+// Environment is what a job's container is made of: either a Nix store path whose bin/ goes on
+// PATH (no image, so it starts at once) or an OCI image from containerd's image store.
+type Environment struct {
+	StorePath string   `toml:"store_path"`
+	Image     string   `toml:"image"`
+	Mounts    []string `toml:"mounts"`
+}
+
+// Mount is one parsed entry of Environment.Mounts.
+type Mount struct {
+	Host, Container string
+}
+
+// Default returns the configuration used for keys the file leaves out.
+func Default() Config {
+	return Config{
+		Containerd: Containerd{Address: "/run/containerd/containerd.sock", Namespace: "hearth"},
+		Nix:        Nix{DaemonSocket: "/nix/var/nix/daemon-socket/socket"},
+		Jobs: Jobs{
+			BuildsRoot:         "/var/lib/hearth/builds",
+			CacheRoot:          "/var/lib/hearth/cache",
+			StateDir:           "/run/hearth",
+			DefaultEnvironment: "default",
+			Network:            "host",
+			UIDMapStart:        100000,
+			UIDMapSize:         65536,
+			StopTimeout:        Duration(5e9),
+		},
+	}
+}
+
+// PathFrom picks the config path: the flag when given, else $HEARTH_CONFIG, else DefaultPath.
+func PathFrom(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := os.Getenv("HEARTH_CONFIG"); p != "" {
+		return p
+	}
+	return DefaultPath
+}
+
+// Load reads, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("config file %s does not exist: create it (see config.toml.example) or pass --config", path)
+		}
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(src)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates a config held in memory.
+func Parse(src []byte) (*Config, error) {
+	c := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(src)).Decode(&c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("line %d: %s", pe.Position.Line, pe.Message)
+		}
+		// Type mismatches arrive as plain errors that already carry "line N (last key ...)".
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "toml: "))
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		type unknown struct {
+			line int
+			key  string
+		}
+		var found []unknown
+		for _, k := range undecoded {
+			found = append(found, unknown{locateKey(src, k), k.String()})
+		}
+		sort.Slice(found, func(i, j int) bool { return found[i].line < found[j].line })
+		var msgs []string
+		for _, u := range found {
+			msgs = append(msgs, fmt.Sprintf("line %d: unknown key %q", u.line, u.key))
+		}
+		return nil, fmt.Errorf("%s (see config.toml.example for the keys hearth knows)", strings.Join(msgs, "; "))
+	}
+	if err := c.validate(src); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}

@@ -1,0 +1,167 @@
+package driver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/executor"
+)
+
+// Executor runs job containers. Prepare is called once per prepare attempt and must remove
+// whatever an earlier attempt left; Run once per stage; Cleanup any number of times, including
+// when Prepare never ran, and must succeed when there is nothing to remove.
+type Executor interface {
+	Prepare(ctx context.Context, job executor.JobSpec, log io.Writer) error
+	Run(ctx context.Context, id, stage, script string, out io.Writer) (int, error)
+	Cleanup(ctx context.Context, id string) error
+}
+
+// Driver carries out the four stages of the custom-executor contract.
+type Driver struct {
+	Config  *config.Config
+	Exec    Executor
+	Env     Env
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Version string
+}
+
+// Container paths gitlab-runner is told about; the executor mounts the job's host dirs there.
+const (
+	BuildsDir = "/builds"
+	CacheDir  = "/cache"
+)
+
+// configOutput is gitlab-runner's ConfigExecOutput.
+type configOutput struct {
+	BuildsDir         string            `json:"builds_dir"`
+	CacheDir          string            `json:"cache_dir"`
+	BuildsDirIsShared bool              `json:"builds_dir_is_shared"`
+	Hostname          string            `json:"hostname,omitempty"`
+	Driver            map[string]string `json:"driver"`
+	Shell             string            `json:"shell"`
+}
+
+// ConfigStage prints the JSON gitlab-runner reads from config_exec. Each job container has its own
+// /builds, so builds_dir_is_shared is false and the project dir is /builds/<group>/<project>.
+func (d *Driver) ConfigStage() error {
+	host, _ := os.Hostname()
+	return json.NewEncoder(d.Stdout).Encode(configOutput{
+		BuildsDir: BuildsDir,
+		CacheDir:  CacheDir,
+		Hostname:  host,
+		Driver:    map[string]string{"name": "hearth", "version": d.Version},
+		Shell:     "bash",
+	})
+}
+
+// Prepare picks the job's environment by policy and starts its container.
+func (d *Driver) Prepare(ctx context.Context) error {
+	p, err := ReadPayload(d.Env.JobResponseFile)
+	if err != nil {
+		return err
+	}
+	env, err := chooseEnvironment(d.Config, p.Image.Name)
+	if err != nil {
+		return err
+	}
+	spec := executor.JobSpec{
+		ID:      containerID(p),
+		Job:     p.JobID(),
+		Runner:  runnerKey(p, d.Env),
+		Project: fmt.Sprint(p.JobInfo.ProjectID),
+		Env:     env,
+	}
+	for _, c := range p.Credentials {
+		if c.Type == "registry" {
+			spec.Credentials = append(spec.Credentials, executor.Credential{Registry: c.URL, Username: c.Username, Password: c.Password})
+		}
+	}
+	what := env.StorePath
+	if env.Image != "" {
+		what = "image " + env.Image
+	}
+	fmt.Fprintf(d.Stdout, "Using hearth environment %s (%s)\n", env.Name, what)
+	if err := d.Exec.Prepare(ctx, spec, d.Stdout); err != nil {
+		var je *executor.JobError
+		if errors.As(err, &je) {
+			return &Failure{Kind: BuildFailure, Err: err}
+		}
+		return err
+	}
+	return nil
+}
+
+// Run runs one stage's script (a file on the host) in the job's container. Stage names hearth
+// does not know run like any other: gitlab-runner adds stages over time.
+func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
+	// A code left by an earlier stage must not be read as this one's.
+	if d.Env.BuildExitCodeFile != "" {
+		if err := os.Remove(d.Env.BuildExitCodeFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("clear BUILD_EXIT_CODE_FILE: %w", err)
+		}
+	}
+	p, err := ReadPayload(d.Env.JobResponseFile)
+	if err != nil {
+		return err
+	}
+	script, err := os.ReadFile(scriptPath)
+	if err != nil {
+		return fmt.Errorf("read the %s script: %w", stage, err)
+	}
+	code, err := d.Exec.Run(ctx, containerID(p), stage, string(script), d.Stdout)
+	if err != nil {
+		return err
+	}
+	if err := d.Env.writeBuildExitCode(code); err != nil {
+		return err
+	}
+	if code != 0 {
+		return &Failure{Kind: BuildFailure, Err: fmt.Errorf("%s: exit code %d", stage, code)}
+	}
+	return nil
+}
+
+// Cleanup removes the job's container and everything that belongs to it.
+func (d *Driver) Cleanup(ctx context.Context) error {
+	p, err := ReadPayload(d.Env.JobResponseFile)
+	if err != nil {
+		return err
+	}
+	return d.Exec.Cleanup(ctx, containerID(p))
+}
+
+// containerID names the job's container from the payload alone, so that every stage computes the
+// same name and no job variable can steer it onto another job's container. Job ids are unique
+// within a GitLab instance; the instance is told apart by its host.
+func containerID(p *Payload) string {
+	return "hearth-" + p.JobID() + "-" + instance(p)
+}
+
+func instance(p *Payload) string {
+	host := p.GitInfo.RepoURL
+	if u, err := url.Parse(p.GitInfo.RepoURL); err == nil && u.Host != "" {
+		host = u.Hostname()
+	}
+	h := sha256.Sum256([]byte(host))
+	return hex.EncodeToString(h[:4])
+}
+
+// runnerKey groups builds dirs: per GitLab instance, then per runner. The runner's short token is a
+// variable, so a job could change it, but only to move itself among its own project's dirs.
+func runnerKey(p *Payload, env Env) string {
+	token := strings.TrimSpace(env.Custom["CI_RUNNER_SHORT_TOKEN"])
+	if token == "" {
+		token = "runner"
+	}
+	return instance(p) + "-" + token
+}

@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer lets the test read output while the client is still writing it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startServer(t *testing.T) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	s := &Server{Socket: sock, StopTimeout: 2 * time.Second, DrainTimeout: 300 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	go func() { _ = s.Serve() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent socket did not appear")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRunStage(t *testing.T) {
+	sock := startServer(t)
+	tests := []struct {
+		name, script string
+		code         int
+		output       string
+	}{
+		{"stdout and stderr in order", "echo out; echo err >&2; echo out2", 0, "out\nerr\nout2\n"},
+		{"exit code", "echo before; exit 42; echo after", 42, "before\n"},
+		{"stdin is the script", "read -r line || true; echo \"[$line]\"\necho tail", 0, "[echo tail]\n"},
+		{"killed by signal", "kill -KILL $$", 137, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out syncBuffer
+			code, err := Run(context.Background(), sock, Request{Stage: "build_script", Script: tc.script}, &out, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code != tc.code || out.String() != tc.output {
+				t.Fatalf("got code %d output %q; want %d %q", code, out.String(), tc.code, tc.output)
+			}
+		})
+	}
+}
+
+func TestOutputStreamsBeforeExit(t *testing.T) {
+	sock := startServer(t)
+	var out syncBuffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = Run(context.Background(), sock, Request{Script: "echo first; sleep 2; echo second"}, &out, time.Second)
+	}()
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for !strings.Contains(out.String(), "first") {
+		if time.Now().After(deadline) {
+			t.Fatal("first line did not arrive while the stage was still running")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if strings.Contains(out.String(), "second") {
+		t.Fatal("second line arrived too early")
+	}
+	<-done
+	if out.String() != "first\nsecond\n" {
+		t.Fatalf("output %q", out.String())
+	}
+}
+
+func TestTerminateStopsWholeSession(t *testing.T) {
+	sock := startServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	marker := filepath.Join(t.TempDir(), "child")
+	// The child moves to its own process group and ignores SIGTERM: only the session-wide SIGKILL
+	// after the stop timeout ends it.
+	script := "trap 'exit 1' TERM\n(set -m; trap '' TERM; echo $BASHPID > " + marker + "; exec sleep 600) &\nsleep 600\n"
+	res := make(chan int, 1)
+	start := time.Now()
+	go func() {
+		code, err := Run(ctx, sock, Request{Script: script}, &out, 10*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		res <- code
+	}()
+	for {
+		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(marker)
+	cancel()
+	code := <-res
+	if code != 1 {
+		t.Fatalf("stage exit code %d, want 1 from the TERM trap", code)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("stopping took %s", d)
+	}
+	pid := strings.TrimSpace(string(b))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
+			break
+		}
+		if st, _ := os.ReadFile("/proc/" + pid + "/stat"); strings.Contains(string(st), ") Z ") {
+			break // a zombie of this test process: killed, not yet reaped by anyone
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %s of the stopped stage is still running", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestBackgroundProcessDoesNotHoldStage(t *testing.T) {
+	sock := startServer(t)
+	var out syncBuffer
+	start := time.Now()
+	code, err := Run(context.Background(), sock, Request{Script: "sleep 30 &\necho done"}, &out, time.Second)
+	if err != nil || code != 0 {
+		t.Fatalf("code %d err %v", code, err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("stage with a background process took %s", d)
+	}
+}
+
+func TestPingReportsIdle(t *testing.T) {
+	sock := startServer(t)
+	st, err := Ping(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running != 0 || st.IdleSince.IsZero() || st.Problem != "" {
+		t.Fatalf("status %+v", st)
+	}
+}

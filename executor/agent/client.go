@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// Ping asks the agent behind socket how it is.
+func Ping(ctx context.Context, socket string) (Status, error) {
+	var st Status
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return st, err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if err := writeFrame(conn, framePing, nil); err != nil {
+		return st, err
+	}
+	typ, payload, err := readFrame(conn)
+	if err != nil {
+		return st, fmt.Errorf("read ping answer: %w", err)
+	}
+	if typ != framePing {
+		return st, fmt.Errorf("agent answered a ping with frame %q", typ)
+	}
+	return st, json.Unmarshal(payload, &st)
+}
+
+// ErrLost means the connection to the agent broke before the stage reported how it ended.
+var ErrLost = errors.New("lost the connection to the job container's agent")
+
+// Run runs one stage and copies its output (stdout and stderr as one stream) to out as it arrives. When ctx is
+// cancelled the agent is asked to stop the stage, and Run still waits, at most grace, for the
+// stage to end so that its exit status and last output are not lost.
+func Run(ctx context.Context, socket string, req Request, out io.Writer, grace time.Duration) (int, error) {
+	conn, err := net.Dial("unix", socket)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if err := writeJSON(conn, frameRun, req); err != nil {
+		return 0, fmt.Errorf("send stage: %w", err)
+	}
+
+	type result struct {
+		exit Exit
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		for {
+			typ, payload, err := readFrame(conn)
+			if err != nil {
+				done <- result{err: fmt.Errorf("%w: %v", ErrLost, err)}
+				return
+			}
+			switch typ {
+			case frameStdout:
+				_, _ = out.Write(payload)
+			case frameExit:
+				var e Exit
+				if err := json.Unmarshal(payload, &e); err != nil {
+					done <- result{err: fmt.Errorf("bad exit frame: %w", err)}
+					return
+				}
+				done <- result{exit: e}
+				return
+			}
+		}
+	}()
+
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		_ = writeFrame(conn, frameTerminate, nil)
+		select {
+		case r = <-done:
+		case <-time.After(grace):
+			return 0, fmt.Errorf("the stage did not stop within %s of being asked to", grace)
+		}
+	}
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.exit.Error != "" {
+		return 0, errors.New(r.exit.Error)
+	}
+	return r.exit.Code, nil
+}

@@ -1,0 +1,283 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Server runs stages inside the container. It is meant to be PID 1 there: it reaps every child
+// that gets reparented to it, so jobs that leave daemons behind do not fill the table with zombies.
+type Server struct {
+	// Socket is where to listen; its directory is shared with the host.
+	Socket string
+	// StopTimeout is how long a stage has between SIGTERM and SIGKILL.
+	StopTimeout time.Duration
+	// DrainTimeout bounds how long output is still forwarded after a stage's shell has exited,
+	// for background processes that keep its stdout open.
+	DrainTimeout time.Duration
+	Log          *slog.Logger
+
+	mu        sync.Mutex
+	running   int
+	idleSince time.Time
+	reaper    *reaper
+}
+
+// Serve listens on s.Socket until the process is killed.
+func (s *Server) Serve() error {
+	if s.DrainTimeout == 0 {
+		s.DrainTimeout = time.Second
+	}
+	if s.Log == nil {
+		s.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	s.idleSince = time.Now()
+	s.reaper = processReaper()
+	_ = os.Remove(s.Socket)
+	ln, err := net.Listen("unix", s.Socket+".new")
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.Socket, err)
+	}
+	// The socket appears under its final name only once it accepts connections, so the host
+	// can treat its existence as "the agent is up".
+	if err := os.Rename(s.Socket+".new", s.Socket); err != nil {
+		return fmt.Errorf("publish socket %s: %w", s.Socket, err)
+	}
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+		go s.handle(conn)
+	}
+}
+
+func (s *Server) handle(conn net.Conn) {
+	defer conn.Close()
+	typ, payload, err := readFrame(conn)
+	if err != nil {
+		return
+	}
+	switch typ {
+	case framePing:
+		_ = writeJSON(conn, framePing, s.status())
+	case frameRun:
+		var req Request
+		if err := json.Unmarshal(payload, &req); err != nil {
+			_ = writeJSON(conn, frameExit, Exit{Code: -1, Error: "bad request: " + err.Error()})
+			return
+		}
+		s.run(conn, req)
+	default:
+		_ = writeJSON(conn, frameExit, Exit{Code: -1, Error: fmt.Sprintf("unknown frame type %q", typ)})
+	}
+}
+
+func (s *Server) status() Status {
+	st := Status{}
+	if _, err := exec.LookPath("bash"); err != nil {
+		st.Problem = fmt.Sprintf("no bash on PATH (%s): the environment must provide bash", os.Getenv("PATH"))
+	}
+	s.mu.Lock()
+	st.Running, st.IdleSince = s.running, s.idleSince
+	s.mu.Unlock()
+	return st
+}
+
+func (s *Server) run(conn net.Conn, req Request) {
+	s.mu.Lock()
+	s.running++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.running--
+		s.idleSince = time.Now()
+		s.mu.Unlock()
+	}()
+
+	var wmu sync.Mutex
+	send := func(typ byte, b []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = writeFrame(conn, typ, b)
+	}
+	sendExit := func(e Exit) {
+		b, _ := json.Marshal(e)
+		send(frameExit, b)
+	}
+
+	st, err := s.start(req.Script)
+	if err != nil {
+		sendExit(Exit{Code: -1, Error: err.Error()})
+		return
+	}
+	s.Log.Info("stage started", "stage", req.Stage, "pid", st.pid)
+
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := st.output.Read(buf)
+			if n > 0 {
+				send(frameStdout, buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	// Anything the client sends now is a request to stop; so is the client going away.
+	stop := make(chan struct{})
+	go func() {
+		for {
+			typ, _, err := readFrame(conn)
+			if err != nil || typ == frameTerminate {
+				close(stop)
+				return
+			}
+		}
+	}()
+
+	var ws syscall.WaitStatus
+	select {
+	case ws = <-st.done:
+	case <-stop:
+		s.Log.Info("stopping stage", "stage", req.Stage, "pid", st.pid)
+		deadline := time.Now().Add(s.StopTimeout)
+		signalSession(st.pid, syscall.SIGTERM)
+		select {
+		case ws = <-st.done:
+		case <-time.After(s.StopTimeout):
+			signalSession(st.pid, syscall.SIGKILL)
+			ws = <-st.done
+		}
+		// The shell obeyed; what it started gets the rest of the grace period, then SIGKILL.
+		for sessionAlive(st.pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		signalSession(st.pid, syscall.SIGKILL)
+	}
+	// The shell is gone; its background children may still hold the pipes. Forward what they
+	// write for a moment, then stop listening so that the stage can end.
+	select {
+	case <-forwarded:
+	case <-time.After(s.DrainTimeout):
+		st.output.Close()
+		<-forwarded
+	}
+	st.output.Close()
+	code := ws.ExitStatus()
+	if ws.Signaled() {
+		code = 128 + int(ws.Signal())
+	}
+	s.Log.Info("stage ended", "stage", req.Stage, "code", code)
+	sendExit(Exit{Code: code})
+}
+
+type stage struct {
+	pid int
+	// output is the read end of the one pipe bash writes both stdout and stderr to: a job log is a
+	// single stream, and one pipe keeps the two in the order they were written.
+	output *os.File
+	done   <-chan syscall.WaitStatus
+}
+
+// start forks bash in a session of its own, with the script on its stdin.
+func (s *Server) start(script string) (*stage, error) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		return nil, fmt.Errorf("no bash on PATH (%s): the environment must provide bash", os.Getenv("PATH"))
+	}
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	attr := &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   os.Environ(),
+		Files: []uintptr{inR.Fd(), outW.Fd(), outW.Fd()},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	pid, done, err := s.reaper.start(bash, []string{"bash"}, attr)
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return nil, fmt.Errorf("start bash: %w", err)
+	}
+	go func() {
+		_, _ = io.WriteString(inW, script)
+		inW.Close()
+	}()
+	return &stage{pid: pid, output: outR, done: done}, nil
+}
+
+// signalSession signals every process in the session led by sid: the stage's shell and whatever
+// it started, including processes that moved to another process group.
+func signalSession(sid int, sig syscall.Signal) {
+	_ = syscall.Kill(-sid, sig)
+	forSession(sid, func(pid int) { _ = syscall.Kill(pid, sig) })
+}
+
+// forSession calls fn for each live process of session sid.
+func forSession(sid int, fn func(pid int)) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == 1 {
+			continue
+		}
+		if s, state, err := sessionOf(pid); err == nil && s == sid && state != "Z" {
+			fn(pid)
+		}
+	}
+}
+
+// sessionAlive reports whether any process other than a zombie is left in session sid.
+func sessionAlive(sid int) bool {
+	alive := false
+	forSession(sid, func(int) { alive = true })
+	return alive
+}
+
+// sessionOf reads a process's session id and state from /proc/PID/stat.
+func sessionOf(pid int) (int, string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, "", err
+	}
+	// The command name is in parentheses and may contain spaces; fields after it are fixed.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, "", errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 4 {
+		return 0, "", errors.New("malformed stat")
+	}
+	sid, err := strconv.Atoi(f[3])
+	return sid, f[0], err
+}

@@ -1,0 +1,128 @@
+package executor
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// state is what prepare records about a job before it creates anything, so that cleanup and gc
+// can find every piece even when prepare was interrupted half-way.
+type state struct {
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	// Claim is the claim file of the builds dir this job holds, when it holds one.
+	Claim string `json:"claim,omitempty"`
+}
+
+func (e *Executor) writeState(st state) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(e.jobDir(st.ID), "state.json")
+	if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
+		return fmt.Errorf("write job state: %w", err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		return fmt.Errorf("write job state: %w", err)
+	}
+	return nil
+}
+
+func (e *Executor) readState(id string) (state, error) {
+	var st state
+	b, err := os.ReadFile(filepath.Join(e.jobDir(id), "state.json"))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+// pathPart makes s safe as one path component.
+func pathPart(s string) string {
+	s = unsafeChars.ReplaceAllString(s, "_")
+	if s == "" || s == "." || s == ".." {
+		return "_" + s
+	}
+	return s
+}
+
+// claimBuildsDir takes the lowest free builds dir of a runner's project. Builds dirs persist between
+// jobs, so the next job of the project finds the previous checkout and fetches incrementally; two
+// jobs running at once never share one. The claim is a file created exclusively, holding the
+// job's id; cleanup removes it.
+func (e *Executor) claimBuildsDir(id, runner, project string) (dir, claim string, err error) {
+	group := filepath.Join(e.cfg.Jobs.BuildsRoot, pathPart(runner), pathPart(project))
+	if err := os.MkdirAll(group, 0o755); err != nil {
+		return "", "", fmt.Errorf("make builds dir: %w", err)
+	}
+	for n := 0; n < 1000; n++ {
+		claim = filepath.Join(group, strconv.Itoa(n)+".claim")
+		f, err := os.OpenFile(claim, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", "", fmt.Errorf("claim builds dir: %w", err)
+		}
+		_, werr := f.WriteString(id)
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			os.Remove(claim)
+			return "", "", fmt.Errorf("claim builds dir: %w", werr)
+		}
+		return filepath.Join(group, strconv.Itoa(n)), claim, nil
+	}
+	return "", "", fmt.Errorf("all 1000 builds dirs under %s are claimed: run `hearth gc` to release those of jobs that are gone", group)
+}
+
+// releaseClaim removes claim if id still holds it.
+func releaseClaim(claim, id string) error {
+	b, err := os.ReadFile(claim)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(string(b)) != id {
+		return nil
+	}
+	if err := os.Remove(claim); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ownedDir makes dir (and its parents) and hands it to the container's root user. Contents made by
+// earlier jobs already belong to it; when the uid range has changed since, they are handed over too.
+func ownedDir(dir string, uid uint32) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if st, ok := statOwner(fi); ok && st == uid {
+		return nil
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(uid), int(uid))
+	})
+}

@@ -1,0 +1,169 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/defaults"
+
+	"github.com/hearth-ci/hearth/executor/agent"
+)
+
+// GC removes what jobs left behind when their cleanup never ran (the runner was killed, the host
+// crashed): containers whose agent has had no stage to run for longer than olderThan, or whose
+// agent is gone and that are older than that; then snapshots, state dirs and builds-dir claims that
+// belong to no container. A container with a stage in progress is never touched. It reports each
+// removal to log.
+func (e *Executor) GC(ctx context.Context, olderThan time.Duration, log io.Writer) error {
+	client, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ctx = e.ctx(ctx)
+	now := time.Now()
+	ctrs, err := client.Containers(ctx, fmt.Sprintf("labels.%q", LabelJob))
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	live := map[string]bool{}
+	for _, c := range ctrs {
+		id := c.ID()
+		stale, why := e.stale(ctx, c, now, olderThan)
+		if !stale {
+			live[id] = true
+			continue
+		}
+		if err := e.Cleanup(ctx, id); err != nil {
+			return fmt.Errorf("remove orphaned container %s: %w", id, err)
+		}
+		fmt.Fprintf(log, "removed container %s: %s\n", id, why)
+	}
+
+	if err := e.gcSnapshots(ctx, client, live, now, olderThan, log); err != nil {
+		return err
+	}
+	if err := e.gcStateDirs(live, now, olderThan, log); err != nil {
+		return err
+	}
+	return e.gcClaims(live, now, olderThan, log)
+}
+
+// stale decides whether a job container is an orphan, and says why.
+func (e *Executor) stale(ctx context.Context, c containerd.Container, now time.Time, olderThan time.Duration) (bool, string) {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	st, err := agent.Ping(pctx, e.agentSocket(c.ID()))
+	cancel()
+	if err == nil {
+		if st.Running > 0 {
+			return false, ""
+		}
+		idle := now.Sub(st.IdleSince)
+		return idle > olderThan, fmt.Sprintf("no stage ran for %s", idle.Round(time.Second))
+	}
+	labels, lerr := c.Labels(ctx)
+	if lerr != nil {
+		return false, ""
+	}
+	created, perr := time.Parse(time.RFC3339, labels[LabelCreated])
+	if perr != nil {
+		// Without a creation time hearth cannot judge its age; leave it for a person to look at.
+		return false, ""
+	}
+	age := now.Sub(created)
+	return age > olderThan, fmt.Sprintf("its agent does not answer and it was created %s ago", age.Round(time.Second))
+}
+
+func (e *Executor) gcSnapshots(ctx context.Context, client *containerd.Client, live map[string]bool, now time.Time, olderThan time.Duration, log io.Writer) error {
+	// Every active snapshot in hearth's namespace is a job's root; one that no container uses is
+	// left from a prepare that was interrupted.
+	ctrs, err := client.Containers(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	used := map[string]bool{}
+	for _, c := range ctrs {
+		info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err == nil && info.SnapshotKey != "" {
+			used[info.SnapshotKey] = true
+		}
+	}
+	ss := client.SnapshotService(defaults.DefaultSnapshotter)
+	var orphans []string
+	err = ss.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindActive && !used[info.Name] && !strings.HasSuffix(info.Name, "-remap") && now.Sub(info.Created) > olderThan {
+			orphans = append(orphans, info.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	for _, name := range orphans {
+		if err := ss.Remove(ctx, name); err != nil {
+			return fmt.Errorf("remove orphaned snapshot %s: %w", name, err)
+		}
+		fmt.Fprintf(log, "removed snapshot %s: no container uses it\n", name)
+	}
+	return nil
+}
+
+func (e *Executor) gcStateDirs(live map[string]bool, now time.Time, olderThan time.Duration, log io.Writer) error {
+	entries, err := os.ReadDir(filepath.Join(e.cfg.Jobs.StateDir, "jobs"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("list job state: %w", err)
+	}
+	for _, ent := range entries {
+		id := ent.Name()
+		if live[id] {
+			continue
+		}
+		fi, err := ent.Info()
+		if err != nil || now.Sub(fi.ModTime()) <= olderThan {
+			continue
+		}
+		if err := e.removeJobState(id); err != nil {
+			return err
+		}
+		fmt.Fprintf(log, "removed state of job %s: it has no container\n", id)
+	}
+	return nil
+}
+
+func (e *Executor) gcClaims(live map[string]bool, now time.Time, olderThan time.Duration, log io.Writer) error {
+	claims, err := filepath.Glob(filepath.Join(e.cfg.Jobs.BuildsRoot, "*", "*", "*.claim"))
+	if err != nil {
+		return err
+	}
+	for _, claim := range claims {
+		b, err := os.ReadFile(claim)
+		if err != nil {
+			continue
+		}
+		id := strings.TrimSpace(string(b))
+		if live[id] {
+			continue
+		}
+		if _, err := os.Stat(e.jobDir(id)); err == nil {
+			continue
+		}
+		fi, err := os.Stat(claim)
+		if err != nil || now.Sub(fi.ModTime()) <= olderThan {
+			continue
+		}
+		if err := releaseClaim(claim, id); err != nil {
+			return fmt.Errorf("release %s: %w", claim, err)
+		}
+		fmt.Fprintf(log, "released builds dir %s: job %s is gone\n", strings.TrimSuffix(claim, ".claim"), id)
+	}
+	return nil
+}

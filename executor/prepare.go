@@ -1,0 +1,242 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/hearth-ci/hearth/executor/agent"
+)
+
+// agentStartTimeout bounds how long prepare waits for the agent to answer.
+const agentStartTimeout = 15 * time.Second
+
+// Prepare creates and starts the job's container and waits until its agent answers. Leftovers of
+// an earlier attempt with the same id are removed first; when Prepare fails, it removes what it
+// made. Progress lines go to log.
+func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err error) {
+	if err := ValidateID(job.ID); err != nil {
+		return err
+	}
+	client, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	if err := e.Cleanup(ctx, job.ID); err != nil {
+		return fmt.Errorf("remove leftovers of an earlier attempt: %w", err)
+	}
+	ctx = e.ctx(ctx)
+	created := time.Now().UTC()
+
+	// Record the job before creating anything, so that an interrupted prepare leaves state that
+	// cleanup and gc can follow.
+	jobDir := e.jobDir(job.ID)
+	if err := os.MkdirAll(filepath.Dir(jobDir), 0o755); err != nil {
+		return fmt.Errorf("make state dir: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(jobDir, "agent"), 0o700); err != nil {
+		return fmt.Errorf("make job dir: %w", err)
+	}
+	st := state{ID: job.ID, Created: created}
+	if err := e.writeState(st); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if cerr := e.Cleanup(context.WithoutCancel(ctx), job.ID); cerr != nil {
+				err = fmt.Errorf("%w (and removing what was made failed: %v)", err, cerr)
+			}
+		}
+	}()
+	uid := e.cfg.Jobs.UIDMapStart
+	if err := os.Chown(filepath.Join(jobDir, "agent"), int(uid), int(uid)); err != nil {
+		return fmt.Errorf("hand the agent dir to the job's uid: %w", err)
+	}
+
+	buildsDir, claim, err := e.claimBuildsDir(job.ID, job.Runner, job.Project)
+	if err != nil {
+		return err
+	}
+	st.Claim = claim
+	if err := e.writeState(st); err != nil {
+		return err
+	}
+	cacheDir := filepath.Join(e.cfg.Jobs.CacheRoot, pathPart(job.Runner), pathPart(job.Project))
+	for _, d := range []string{buildsDir, cacheDir} {
+		if err := ownedDir(d, uid); err != nil {
+			return fmt.Errorf("prepare %s: %w", d, err)
+		}
+	}
+	bin, err := e.binary()
+	if err != nil {
+		return err
+	}
+
+	labels := map[string]string{
+		LabelJob:         job.Job,
+		LabelRunner:      job.Runner,
+		LabelProject:     job.Project,
+		LabelCreated:     created.Format(time.RFC3339),
+		LabelEnvironment: job.Env.Name,
+	}
+	specOpts := []oci.SpecOpts{oci.WithDefaultUnixDevices}
+	containerOpts := []containerd.NewContainerOpts{containerd.WithContainerLabels(labels)}
+	env := []string{"HOME=/root", "USER=root", "NIX_REMOTE=daemon"}
+	switch {
+	case job.Env.StorePath != "":
+		if _, err := os.Stat(job.Env.StorePath); err != nil {
+			return envError(job.Env, fmt.Errorf("environment %s: store path %s is not in the store (build it on this host, or fix store_path): %w", job.Env.Name, job.Env.StorePath, err))
+		}
+		root, err := e.skeleton(job.Env)
+		if err != nil {
+			return err
+		}
+		specOpts = append(specOpts, oci.WithRootFSPath(root), oci.WithRootFSReadonly())
+		env = append(env, "PATH="+job.Env.StorePath+"/bin")
+	case job.Env.Image != "":
+		img, err := e.ensureImage(ctx, client, job.Env, job.Credentials, log)
+		if err != nil {
+			return err
+		}
+		idmap := e.idMap()
+		specOpts = append(specOpts, oci.WithImageConfig(img), oci.WithUIDGID(0, 0))
+		containerOpts = append(containerOpts, containerd.WithImage(img),
+			containerd.WithUserNSRemappedSnapshot(job.ID, img, idmap, idmap))
+	default:
+		return fmt.Errorf("environment %s has neither store_path nor image", job.Env.Name)
+	}
+
+	mounts := []specs.Mount{
+		{Destination: "/nix/store", Type: "bind", Source: "/nix/store", Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: daemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
+		{Destination: agentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
+		{Destination: agentDir, Type: "bind", Source: filepath.Join(jobDir, "agent"), Options: []string{"bind", "rw"}},
+		{Destination: containerBuilds, Type: "bind", Source: buildsDir, Options: []string{"rbind", "rw"}},
+		{Destination: containerCache, Type: "bind", Source: cacheDir, Options: []string{"rbind", "rw"}},
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
+	}
+	if _, err := os.Stat(e.cfg.Nix.DaemonSocket); err != nil {
+		return fmt.Errorf("nix-daemon socket %s ([nix] daemon_socket) is missing: is nix-daemon running? %w", e.cfg.Nix.DaemonSocket, err)
+	}
+	for _, m := range job.Env.Mounts {
+		mounts = append(mounts, specs.Mount{Destination: m.Container, Type: "bind", Source: m.Host, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	if e.cfg.Jobs.Network == "host" {
+		// In a user namespace sysfs can only be mounted by the owner of the network namespace,
+		// which the host's is not; a read-only bind of the host's /sys shows the same thing.
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithoutMounts("/sys"),
+			oci.WithHostHostsFile, oci.WithHostResolvconf)
+		mounts = append(mounts, specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+	}
+	idmap := e.idMap()
+	specOpts = append(specOpts,
+		oci.WithMounts(mounts),
+		oci.WithUserNamespace(idmap, idmap),
+		oci.WithHostname(hostname(job.ID)),
+		oci.WithProcessArgs(agentBinary, "agent", "--socket", agentDir+"/"+agentSocketName,
+			"--stop-timeout", e.cfg.Jobs.StopTimeout.Std().String(), "--job", job.ID),
+		oci.WithProcessCwd("/"),
+		oci.WithEnv(env),
+		oci.WithNoNewPrivileges,
+		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"}),
+		// Last: the profile admits syscalls according to the capabilities left.
+		seccomp.WithDefaultProfile(),
+	)
+	containerOpts = append(containerOpts, containerd.WithNewSpec(specOpts...))
+
+	fmt.Fprintf(log, "Starting job container %s (environment %s)\n", job.ID, job.Env.Name)
+	ctr, err := client.NewContainer(ctx, job.ID, containerOpts...)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", job.ID, err)
+	}
+	task, err := ctr.NewTask(ctx, cio.LogFile(filepath.Join(jobDir, "agent.log")))
+	if err != nil {
+		return envError(job.Env, fmt.Errorf("create task for %s: %w", job.ID, err))
+	}
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return fmt.Errorf("wait on task %s: %w", job.ID, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		return envError(job.Env, fmt.Errorf("start task %s: %w", job.ID, err))
+	}
+	return e.awaitAgent(ctx, job, exited)
+}
+
+// awaitAgent waits until the agent answers a ping and says the environment can run stages.
+func (e *Executor) awaitAgent(ctx context.Context, job JobSpec, exited <-chan containerd.ExitStatus) error {
+	sock := e.agentSocket(job.ID)
+	deadline := time.Now().Add(agentStartTimeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := agent.Ping(pctx, sock)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("the agent in %s does not answer: %w", job.ID, err)
+			}
+			if st.Problem != "" {
+				return envError(job.Env, fmt.Errorf("environment %s cannot run jobs: %s", job.Env.Name, st.Problem))
+			}
+			return nil
+		}
+		select {
+		case st := <-exited:
+			return envError(job.Env, fmt.Errorf("the agent in %s exited with status %d before it was ready: %s", job.ID, st.ExitCode(), e.agentLog(job.ID)))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the agent in %s did not start within %s: %s", job.ID, agentStartTimeout, e.agentLog(job.ID))
+		}
+	}
+}
+
+// agentLog returns the end of what the agent wrote, for error messages.
+func (e *Executor) agentLog(id string) string {
+	b, err := os.ReadFile(filepath.Join(e.jobDir(id), "agent.log"))
+	if err != nil || len(b) == 0 {
+		return "it wrote nothing"
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return "it wrote: " + strings.TrimSpace(string(b))
+}
+
+func (e *Executor) idMap() []specs.LinuxIDMapping {
+	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: e.cfg.Jobs.UIDMapStart, Size: e.cfg.Jobs.UIDMapSize}}
+}
+
+// envError marks err as the job's fault when the job chose the environment.
+func envError(env Environment, err error) error {
+	if env.Untrusted {
+		return &JobError{Err: err}
+	}
+	return err
+}
+
+// hostname is the container's hostname: the id, cut to the 64 bytes a hostname may have.
+func hostname(id string) string {
+	if len(id) > 64 {
+		return id[:64]
+	}
+	return id
+}
+
+var _ = errors.New
+var _ = strconv.Itoa
