@@ -75,7 +75,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		return err
 	}
 	spec := executor.JobSpec{
-		ID:      containerID(p),
+		ID:      ContainerID(p),
 		Job:     p.JobID(),
 		Runner:  runnerKey(p, d.Env),
 		Project: fmt.Sprint(p.JobInfo.ProjectID),
@@ -118,7 +118,7 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 	if err != nil {
 		return fmt.Errorf("read the %s script: %w", stage, err)
 	}
-	code, err := d.Exec.Run(ctx, containerID(p), stage, string(script), d.Stdout)
+	code, err := d.Exec.Run(ctx, ContainerID(p), stage, string(script), d.Stdout)
 	if err != nil {
 		return err
 	}
@@ -137,13 +137,13 @@ func (d *Driver) Cleanup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return d.Exec.Cleanup(ctx, containerID(p))
+	return d.Exec.Cleanup(ctx, ContainerID(p))
 }
 
-// containerID names the job's container from the payload alone, so that every stage computes the
+// ContainerID names the job's container from the payload alone, so that every stage computes the
 // same name and no job variable can steer it onto another job's container. Job ids are unique
 // within a GitLab instance; the instance is told apart by its host.
-func containerID(p *Payload) string {
+func ContainerID(p *Payload) string {
 	return "hearth-" + p.JobID() + "-" + instance(p)
 }
 

@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A driver killed with SIGKILL in the middle of a job (the runner died with it, so no cleanup
+// comes) leaves a container behind; hearth gc removes it and all that was its, and leaves a running
+// job alone.
+func TestGCRemovesOrphansOnly(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	orphan := newDriverJob(t, cfg, "")
+	running := newDriverJob(t, cfg, "")
+	for _, j := range []*driverJob{orphan, running} {
+		if code, out := j.call("prepare"); code != 0 {
+			t.Fatalf("prepare exited %d:\n%s", code, out)
+		}
+	}
+	defer running.call("cleanup")
+
+	start := func(j *driverJob) *exec.Cmd {
+		cmd := j.command("run", j.scriptFile("build_script", "sleep 600\n"), "build_script")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the stage to start", 20*time.Second, func() bool { return len(sleepers(j.containerID())) > 0 })
+		return cmd
+	}
+	killed := start(orphan)
+	alive := start(running)
+	defer func() { _ = alive.Process.Kill(); _ = alive.Wait() }()
+	if err := killed.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = killed.Wait()
+	if !strings.Contains(ctrList(t, "containers"), orphan.containerID()) {
+		t.Fatal("the killed job's container is already gone; nothing for gc to do")
+	}
+
+	time.Sleep(1500 * time.Millisecond)
+	out, err := exec.Command(env.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("gc: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "removed container "+orphan.containerID()) {
+		t.Fatalf("gc did not report removing the orphan:\n%s", out)
+	}
+	assertNothingLeft(t, orphan.containerID())
+	if strings.Contains(string(out), running.containerID()) {
+		t.Fatalf("gc touched the running job:\n%s", out)
+	}
+	if !strings.Contains(ctrList(t, "containers"), running.containerID()) || len(sleepers(running.containerID())) == 0 {
+		t.Fatal("gc removed the running job or its stage")
+	}
+	if _, err := os.Stat(filepath.Join(env.StateDir(), "jobs", running.containerID(), "agent", "agent.sock")); err != nil {
+		t.Fatalf("gc removed the running job's state: %v", err)
+	}
+	if err := alive.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := alive.Wait(); err == nil {
+		t.Fatal("the stopped stage reported success")
+	}
+	if code, out := running.call("cleanup"); code != 0 {
+		t.Fatalf("cleanup exited %d:\n%s", code, out)
+	}
+	assertNothingLeft(t, running.containerID())
+}

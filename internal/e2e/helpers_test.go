@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hearth-ci/hearth/internal/testenv"
+)
+
+// driverJob calls the driver's stages directly, as gitlab-runner would, for tests about the
+// contract itself (exit codes, the exit-code file, a runner that dies).
+type driverJob struct {
+	t   *testing.T
+	cfg string
+	dir string
+	id  int64
+}
+
+func newDriverJob(t *testing.T, cfg, image string) *driverJob {
+	t.Helper()
+	j := &driverJob{t: t, cfg: cfg, dir: t.TempDir(), id: nextJobID()}
+	payload := `{"id":` + strconv.FormatInt(j.id, 10) + `,"job_info":{"project_id":7},"git_info":{"repo_url":"https://gitlab.example.com/group/project.git"},"image":{"name":"` + image + `"}}`
+	if err := os.WriteFile(filepath.Join(j.dir, "response.json"), []byte(payload), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func (j *driverJob) command(stage string, args ...string) *exec.Cmd {
+	cmd := exec.Command(env.Hearth, append([]string{"--config", j.cfg, "driver", stage}, args...)...)
+	cmd.Dir = j.dir
+	cmd.Env = append(os.Environ(),
+		"TMPDIR="+j.dir,
+		"BUILD_FAILURE_EXIT_CODE=1", "SYSTEM_FAILURE_EXIT_CODE=2",
+		"BUILD_EXIT_CODE_FILE="+filepath.Join(j.dir, "build_exit_code"),
+		"JOB_RESPONSE_FILE="+filepath.Join(j.dir, "response.json"),
+		"CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN=tok",
+	)
+	return cmd
+}
+
+// call runs a stage to its end and returns its exit code and output.
+func (j *driverJob) call(stage string, args ...string) (int, string) {
+	out, err := j.command(stage, args...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		j.t.Fatal(err)
+	}
+	return 0, string(out)
+}
+
+func (j *driverJob) scriptFile(name, body string) string {
+	p := filepath.Join(j.dir, name+".sh")
+	if err := os.WriteFile(p, []byte(body), 0o700); err != nil {
+		j.t.Fatal(err)
+	}
+	return p
+}
+
+func (j *driverJob) runScript(stage, body string) (int, string) {
+	return j.call("run", j.scriptFile(stage, body), stage)
+}
+
+func (j *driverJob) exitCodeFile() string {
+	b, err := os.ReadFile(filepath.Join(j.dir, "build_exit_code"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (j *driverJob) containerID() string { return containerID(j.id) }
+
+// mkdirWith makes a directory holding files (relative path → content), for nix-store --add.
+func mkdirWith(t *testing.T, name string, files map[string]string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	for p, content := range files {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func processesMatching(s string) []int { return testenv.ProcessesMatching(s) }
+
+// inContainer reports whether pid runs in the cgroup of container id.
+func inContainer(pid int, id string) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	return err == nil && strings.Contains(string(b), id)
+}

@@ -1,0 +1,177 @@
+// Package e2e runs jobs through the hearth binary on the real parts: a private containerd with
+// Debian's runc, and a private nix-daemon with the sandbox on. gitlab-runner is the emulation in
+// package runner. These tests need root; `go test -short` skips them, and nothing else does.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hearth-ci/hearth/driver"
+	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/runner"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("e2e: skipped by -short")
+		os.Exit(0)
+	}
+	var err error
+	env, err = testenv.Start(testenv.Options{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: cannot start the test environment: %v\n", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	env.Stop()
+	os.Exit(code)
+}
+
+// syncBuffer is a job log that can be read while the job writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func writeConfig(t *testing.T, jobs, tables string) string {
+	t.Helper()
+	p, err := env.WriteConfig(jobs, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var jobIDs struct {
+	sync.Mutex
+	next int64
+}
+
+func nextJobID() int64 {
+	jobIDs.Lock()
+	defer jobIDs.Unlock()
+	if jobIDs.next == 0 {
+		jobIDs.next = time.Now().Unix() % 1000000 * 1000
+	}
+	jobIDs.next++
+	return jobIDs.next
+}
+
+// jobOptions are runner options for one job of .gitlab-ci.yml text src.
+func jobOptions(t *testing.T, cfg, src, name string, log *syncBuffer) runner.Options {
+	t.Helper()
+	job, err := runner.ParseJob([]byte(src), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := func(stage string) runner.Command {
+		return runner.Command{Exec: env.Hearth, Args: []string{"--config", cfg, "driver", stage}}
+	}
+	return runner.Options{
+		Custom: runner.Custom{Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup"),
+			GracefulKillTimeout: 30 * time.Second},
+		Job: job, JobID: nextJobID(), ProjectID: 7, ProjectPath: "group/project",
+		RepoURL: "https://gitlab.example.com/group/project.git", Ref: "main", SHA: strings.Repeat("a", 40),
+		RunnerToken: "tok", Timeout: 5 * time.Minute, Log: log, RunnerLog: log,
+		PrepareRetryInterval: 200 * time.Millisecond,
+	}
+}
+
+// runJob runs one job to its end and returns the result and the job log.
+func runJob(t *testing.T, cfg, src, name string) (runner.Result, string) {
+	t.Helper()
+	var log syncBuffer
+	res := runner.New(jobOptions(t, cfg, src, name, &log)).Run(context.Background())
+	return res, log.String()
+}
+
+// derivation is a Nix expression that builds with the test tools and takes about sleep seconds.
+func derivation(nonce string, sleep int) string {
+	return fmt.Sprintf(`let tools = builtins.storePath "%s"; in
+derivation {
+  name = "hearth-e2e-%s";
+  system = "x86_64-linux";
+  builder = "${tools}/bin/bash";
+  PATH = "${tools}/bin";
+  args = [ "-c" "sleep %d; echo built > $out" ];
+}`, env.Tools, nonce, sleep)
+}
+
+// ctrList lists a kind of containerd object (containers, tasks, snapshots) in hearth's test namespace.
+func ctrList(t *testing.T, kind string) string {
+	t.Helper()
+	args := []string{kind, "ls"}
+	if kind != "snapshots" { // ctr 1.6 has no -q for snapshots; their keys are in the listing anyway
+		args = append(args, "-q")
+	}
+	out, err := env.Ctr(context.Background(), "hearth-test", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+// assertNothingLeft checks that no container, task, snapshot, process or job state of id remains.
+func assertNothingLeft(t *testing.T, id string) {
+	t.Helper()
+	for _, kind := range []string{"containers", "tasks", "snapshots"} {
+		if out := ctrList(t, kind); strings.Contains(out, id) {
+			t.Errorf("%s of %s remain: %s", kind, id, out)
+		}
+	}
+	if pids := testenv.ProcessesMatching(id); len(pids) > 0 {
+		t.Errorf("processes of %s remain: %v", id, pids)
+	}
+	if _, err := os.Stat(filepath.Join(env.StateDir(), "jobs", id)); err == nil {
+		t.Errorf("state dir of %s remains", id)
+	}
+	claims, _ := filepath.Glob(filepath.Join(env.BuildsRoot(), "*", "*", "*.claim"))
+	for _, c := range claims {
+		if b, _ := os.ReadFile(c); strings.TrimSpace(string(b)) == id {
+			t.Errorf("builds dir claim %s of %s remains", c, id)
+		}
+	}
+}
+
+// containerID is the name hearth gives the container of a job run with jobOptions.
+func containerID(jobID int64) string {
+	p := &driver.Payload{ID: jobID}
+	p.GitInfo.RepoURL = "https://gitlab.example.com/group/project.git"
+	return driver.ContainerID(p)
+}

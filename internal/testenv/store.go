@@ -1,0 +1,125 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// nixCommands are the names under which Nix's one binary behaves as each command.
+var nixCommands = []string{"nix", "nix-build", "nix-store", "nix-instantiate", "nix-env", "nix-hash", "nix-shell", "nix-copy-closure", "nix-collect-garbage"}
+
+// makeStorePaths adds the tools and the environment to the store. Nix from Debian is linked against
+// /usr/lib; the tools path carries those libraries and the dynamic loader, and the environment's
+// nix commands run the binary through that loader, so nothing outside /nix/store is needed.
+func (e *Env) makeStorePaths() error {
+	tools := filepath.Join(e.Dir, "build", "hearth-test-tools")
+	for _, d := range []string{"bin", "lib", "libexec"} {
+		if err := os.MkdirAll(filepath.Join(tools, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := copyFile("/bin/busybox", filepath.Join(tools, "bin", "busybox")); err != nil {
+		return err
+	}
+	applets, err := exec.Command("/bin/busybox", "--list").Output()
+	if err != nil {
+		return fmt.Errorf("busybox --list: %w", err)
+	}
+	for _, a := range strings.Fields(string(applets)) {
+		if a == "busybox" || a == "bash" || a == "sh" {
+			continue
+		}
+		if err := os.Symlink("busybox", filepath.Join(tools, "bin", a)); err != nil {
+			return err
+		}
+	}
+	if err := copyFile("/bin/bash-static", filepath.Join(tools, "bin", "bash")); err != nil {
+		return err
+	}
+	if err := os.Symlink("bash", filepath.Join(tools, "bin", "sh")); err != nil {
+		return err
+	}
+	nixBin, err := exec.LookPath("nix")
+	if err != nil {
+		return err
+	}
+	nixBin, _ = filepath.EvalSymlinks(nixBin)
+	if err := copyFile(nixBin, filepath.Join(tools, "libexec", "nix")); err != nil {
+		return err
+	}
+	libs, err := sharedLibraries(nixBin)
+	if err != nil {
+		return err
+	}
+	// Nix loads the DNS resolver module itself, by name, and warns on every command without it.
+	for _, nss := range []string{"libnss_dns.so.2", "libnss_files.so.2"} {
+		if p, err := filepath.Glob("/lib/*-linux-gnu/" + nss); err == nil && len(p) > 0 {
+			libs = append(libs, p[0])
+		}
+	}
+	for _, l := range libs {
+		if err := copyFile(l, filepath.Join(tools, "lib", filepath.Base(l))); err != nil {
+			return err
+		}
+	}
+	if e.Tools, err = e.Nix("nix-store", "--add", tools); err != nil {
+		return err
+	}
+
+	envDir := filepath.Join(e.Dir, "build", "hearth-test-env")
+	if err := os.MkdirAll(filepath.Join(envDir, "bin"), 0o755); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(filepath.Join(e.Tools, "bin"))
+	if err != nil {
+		return err
+	}
+	for _, ent := range ents {
+		if err := os.Symlink(filepath.Join(e.Tools, "bin", ent.Name()), filepath.Join(envDir, "bin", ent.Name())); err != nil {
+			return err
+		}
+	}
+	for _, name := range nixCommands {
+		w := fmt.Sprintf("#!%[1]s/bin/bash\nexec %[1]s/lib/ld-linux-x86-64.so.2 --library-path %[1]s/lib --argv0 %[2]s %[1]s/libexec/nix \"$@\"\n", e.Tools, name)
+		if err := os.WriteFile(filepath.Join(envDir, "bin", name), []byte(w), 0o755); err != nil {
+			return err
+		}
+	}
+	e.Environment, err = e.Nix("nix-store", "--add", envDir)
+	return err
+}
+
+// sharedLibraries lists the files ldd resolves for bin, the dynamic loader included.
+func sharedLibraries(bin string) ([]string, error) {
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ldd %s: %w", bin, err)
+	}
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				libs = append(libs, f)
+			}
+		}
+	}
+	if len(libs) == 0 {
+		return nil, fmt.Errorf("ldd found no libraries for %s", bin)
+	}
+	return libs, nil
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, fi.Mode().Perm()|0o200)
+}

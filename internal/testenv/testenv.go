@@ -1,0 +1,275 @@
+// Package testenv starts the real parts hearth runs on — a private containerd and a private
+// nix-daemon with the sandbox on — and makes the store paths a job environment needs, without
+// nixpkgs: busybox, bash and Nix itself from Debian's packages, added to the store. The tests, the
+// demo and the benchmarks all use it.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Env is a running test environment.
+type Env struct {
+	// Dir holds everything the environment made; Stop removes it.
+	Dir              string
+	ContainerdSocket string
+	NixSocket        string
+	// NixLog is the nix-daemon's log: it names every client's uid and whether it is trusted.
+	NixLog string
+	// NixConfDir holds the daemon's nix.conf.
+	NixConfDir string
+	// Tools is a store path with busybox applets, bash and Nix's files; Environment is the store path
+	// a job environment points at (its bin/ has all of those plus working nix commands).
+	Tools, Environment string
+	// Hearth is the hearth binary built from this checkout.
+	Hearth string
+
+	procs []*exec.Cmd
+}
+
+// Options adjust Start.
+type Options struct {
+	// NixConf is appended to the daemon's nix.conf.
+	NixConf string
+}
+
+// Start builds hearth and starts containerd and nix-daemon under a new directory. Stop undoes it.
+func Start(opts Options) (env *Env, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the test environment needs root (containerd, user namespaces, nix-daemon)")
+	}
+	for _, tool := range []string{"containerd", "containerd-shim-runc-v2", "runc", "nix-daemon", "nix-store", "busybox", "ldd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s is not installed: run ./ci.sh setup (or apt-get install containerd runc nix-bin busybox-static bash-static)", tool)
+		}
+	}
+	if _, err := os.Stat("/bin/bash-static"); err != nil {
+		return nil, errors.New("bash-static is not installed: apt-get install bash-static")
+	}
+	// Short paths: unix socket paths must stay under 108 bytes.
+	dir, err := os.MkdirTemp("", "hearth-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	env = &Env{Dir: dir}
+	defer func() {
+		if err != nil {
+			env.Stop()
+			env = nil
+		}
+	}()
+	if env.Hearth, err = BuildHearth(filepath.Join(dir, "bin", "hearth")); err != nil {
+		return env, err
+	}
+	if err := env.startContainerd(); err != nil {
+		return env, err
+	}
+	if err := env.startNixDaemon(opts.NixConf); err != nil {
+		return env, err
+	}
+	if err := env.makeStorePaths(); err != nil {
+		return env, err
+	}
+	return env, nil
+}
+
+// ModuleRoot is the directory of this checkout's go.mod.
+func ModuleRoot() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot locate the source tree")
+	}
+	dir := filepath.Dir(file)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above " + file)
+		}
+		dir = parent
+	}
+}
+
+// BuildHearth builds a static hearth binary at out. Static, because the binary also runs inside job
+// containers as their agent, where there is no /lib.
+func BuildHearth(out string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/hearth")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build hearth: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+func (e *Env) startContainerd() error {
+	d := filepath.Join(e.Dir, "containerd")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return err
+	}
+	e.ContainerdSocket = filepath.Join(d, "containerd.sock")
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), e.ContainerdSocket)
+	if err := os.WriteFile(filepath.Join(d, "config.toml"), []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	if err := e.spawn(filepath.Join(d, "containerd.log"), nil, "containerd", "--config", filepath.Join(d, "config.toml")); err != nil {
+		return err
+	}
+	return waitSocket(e.ContainerdSocket, 20*time.Second)
+}
+
+func (e *Env) startNixDaemon(extra string) error {
+	d := filepath.Join(e.Dir, "nix")
+	e.NixConfDir = filepath.Join(d, "conf")
+	if err := os.MkdirAll(e.NixConfDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(d, "daemon-socket"), 0o755); err != nil {
+		return err
+	}
+	e.NixSocket = filepath.Join(d, "daemon-socket", "socket")
+	e.NixLog = filepath.Join(d, "nix-daemon.log")
+	// No substituters: the machine is offline, and a build must not wait on DNS.
+	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\n" + extra
+	if err := os.WriteFile(filepath.Join(e.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	// Not NixEnv: a daemon that has NIX_REMOTE=daemon serves every connection by connecting to
+	// itself, without end.
+	daemonEnv := append(os.Environ(), "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
+	if err := e.spawn(e.NixLog, daemonEnv, "nix-daemon"); err != nil {
+		return err
+	}
+	return waitSocket(e.NixSocket, 20*time.Second)
+}
+
+// NixEnv is the environment that points Nix commands at the private daemon and its config.
+func (e *Env) NixEnv() []string {
+	return append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
+}
+
+// Nix runs a Nix command against the private daemon and returns its stdout.
+func (e *Env) Nix(args ...string) (string, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = e.NixEnv()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (e *Env) spawn(logPath string, environ []string, args ...string) error {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = environ
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", args[0], err)
+	}
+	logf.Close()
+	e.procs = append(e.procs, cmd)
+	return nil
+}
+
+func waitSocket(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not accept connections within %s: %w", path, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop ends the daemons, and the shims of the private containerd (they outlive it by design), and
+// removes the directory.
+func (e *Env) Stop() {
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		p := e.procs[i]
+		_ = syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+	if e.ContainerdSocket != "" {
+		for _, pid := range ProcessesMatching(e.ContainerdSocket) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	_ = os.RemoveAll(e.Dir)
+}
+
+// ProcessesMatching lists processes whose command line contains s.
+func ProcessesMatching(s string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), s) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Ctr runs Debian's ctr against the private containerd.
+func (e *Env) Ctr(ctx context.Context, namespace string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", e.ContainerdSocket, "-n", namespace}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
