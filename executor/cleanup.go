@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"syscall"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/defaults"
@@ -45,10 +44,8 @@ func removeContainer(ctx context.Context, client *containerd.Client, id string) 
 	case err != nil:
 		return fmt.Errorf("load task of %s: %w", id, err)
 	default:
-		// Killing every process first means Delete does not wait on stragglers.
-		if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-			return fmt.Errorf("kill task of %s: %w", id, err)
-		}
+		// WithProcessKill sends SIGKILL to every process of the container and waits for the init
+		// to exit before deleting the task.
 		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("delete task of %s: %w", id, err)
 		}

@@ -2,12 +2,10 @@ package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +34,9 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	}
 	if err := e.Cleanup(ctx, job.ID); err != nil {
 		return fmt.Errorf("remove leftovers of an earlier attempt: %w", err)
+	}
+	if sock := e.agentSocket(job.ID); len(sock) > 107 {
+		return fmt.Errorf("the agent socket path %s is longer than a unix socket allows (107 bytes): choose a shorter [jobs] state_dir", sock)
 	}
 	ctx = e.ctx(ctx)
 	created := time.Now().UTC()
@@ -179,8 +180,14 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 // awaitAgent waits until the agent answers a ping and says the environment can run stages.
 func (e *Executor) awaitAgent(ctx context.Context, job JobSpec, exited <-chan containerd.ExitStatus) error {
 	sock := e.agentSocket(job.ID)
-	deadline := time.Now().Add(agentStartTimeout)
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+	start := time.Now()
+	deadline := start.Add(agentStartTimeout)
+	for {
+		// The agent is usually up within a few milliseconds: look often at first.
+		delay := time.Millisecond
+		if time.Since(start) > time.Second {
+			delay = 20 * time.Millisecond
+		}
 		if _, err := os.Stat(sock); err == nil {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			st, err := agent.Ping(pctx, sock)
@@ -237,6 +244,3 @@ func hostname(id string) string {
 	}
 	return id
 }
-
-var _ = errors.New
-var _ = strconv.Itoa

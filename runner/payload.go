@@ -97,6 +97,10 @@ func (r *Runner) writePayload() error {
 	if len(o.Job.AfterScript) > 0 {
 		steps = append(steps, step{Name: "after_script", Script: o.Job.AfterScript, Timeout: timeout, When: "always", AllowFailure: true})
 	}
+	creds := []any{}
+	for _, c := range o.Credentials {
+		creds = append(creds, map[string]string{"type": "registry", "url": c.URL, "username": c.Username, "password": c.Password})
+	}
 	payload := map[string]any{
 		"id":              o.JobID,
 		"token":           r.jobToken(),
@@ -111,7 +115,7 @@ func (r *Runner) writePayload() error {
 		"services":     []any{},
 		"artifacts":    []any{},
 		"cache":        []any{},
-		"credentials":  []any{},
+		"credentials":  creds,
 		"dependencies": []any{},
 		"features": map[string]any{"trace_sections": true,
 			"failure_reasons": []string{"script_failure", "runner_system_failure", "job_execution_timeout", "unknown_failure"}},

@@ -21,6 +21,7 @@ import (
 type Command struct {
 	Exec string
 	Args []string
+	role string
 }
 
 // Custom is the [runners.custom] section of gitlab-runner's config.
@@ -47,6 +48,8 @@ type Options struct {
 	RunnerToken         string
 	ConcurrentID        int
 	ConcurrentProjectID int
+	// Credentials are the registry logins GitLab sends with the job.
+	Credentials []Credential
 	// Timeout is the job timeout (default 1 h).
 	Timeout time.Duration
 	// Environ is the runner process's environment, passed to every driver call (default os.Environ()).
@@ -55,6 +58,14 @@ type Options struct {
 	Log, RunnerLog io.Writer
 	// PrepareRetryInterval is the pause between prepare attempts (gitlab-runner: 3 s).
 	PrepareRetryInterval time.Duration
+	// Timed, when set, is told how long each driver call took: the executable's role ("config",
+	// "prepare", "cleanup", or the stage name for run) and the wall time.
+	Timed func(call string, d time.Duration)
+}
+
+// Credential is a registry login in the job payload.
+type Credential struct {
+	URL, Username, Password string
 }
 
 // Result is how a job ended.
@@ -100,6 +111,8 @@ type Runner struct {
 
 // New returns a Runner for opts.
 func New(opts Options) *Runner {
+	opts.Custom.Config.role, opts.Custom.Prepare.role = "config", "prepare"
+	opts.Custom.Run.role, opts.Custom.Cleanup.role = "run", "cleanup"
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Hour
 	}
@@ -368,6 +381,14 @@ func (r *Runner) sectionEnd(name string) {
 // and every job variable as CUSTOM_ENV_*. A closed stop sends the group SIGTERM, then SIGKILL after
 // the graceful timeout.
 func (r *Runner) call(c Command, extra []string, stdout, stderr io.Writer, stop <-chan struct{}) error {
+	if r.opts.Timed != nil {
+		start := time.Now()
+		name := c.role
+		if len(extra) == 2 {
+			name = extra[1]
+		}
+		defer func() { r.opts.Timed(name, time.Since(start)) }()
+	}
 	cmd := exec.Command(c.Exec, append(append([]string{}, c.Args...), extra...)...)
 	cmd.Dir = r.tempDir
 	cmd.Stdout, cmd.Stderr = stdout, stderr

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -157,6 +158,12 @@ func assertNothingLeft(t *testing.T, id string) {
 	}
 	if pids := testenv.ProcessesMatching(id); len(pids) > 0 {
 		t.Errorf("processes of %s remain: %v", id, pids)
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && inContainer(pid, id) {
+			t.Errorf("process %d still runs in the cgroup of %s", pid, id)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(env.StateDir(), "jobs", id)); err == nil {
 		t.Errorf("state dir of %s remains", id)

@@ -1,0 +1,216 @@
+// Command bench measures hearth against floors taken in the same run, on a private containerd and
+// nix-daemon, and prints medians and ratios (scripts/bench.sh runs it; results go in BENCHMARKS.md):
+//
+//   - the whole-job wall time of a job with trivial stages, driven the way gitlab-runner drives the
+//     driver, against `ctr run --rm` of the same environment running true;
+//   - the time of a second build of a derivation that takes 5 s, against the first.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/runner"
+)
+
+func main() {
+	runs := flag.Int("runs", 9, "runs of each measurement; medians are reported")
+	builds := flag.Int("builds", 3, "first/second build pairs")
+	flag.Parse()
+	if err := run(*runs, *builds); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration{}, ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func run(runs, builds int) error {
+	env, err := testenv.Start(testenv.Options{})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	cfg, err := env.WriteConfig("", "")
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	fmt.Printf("hearth benchmarks on %s, %s, %d runs each (medians)\n\n", host, time.Now().UTC().Format("2006-01-02"), runs)
+
+	// Whole job with trivial stages.
+	trivial := "job:\n  variables:\n    GIT_STRATEGY: none\n  script: [\"true\"]\n  after_script: [\"true\"]\n"
+	calls := map[string][]time.Duration{}
+	var jobs []time.Duration
+	for i := 0; i <= runs; i++ {
+		per := map[string]time.Duration{}
+		d, log, err := runJob(env, cfg, trivial, func(call string, d time.Duration) { per[call] += d })
+		if err != nil {
+			return fmt.Errorf("trivial job: %v\n%s", err, log)
+		}
+		if i == 0 {
+			continue // warm-up: makes the skeleton root, fills caches
+		}
+		jobs = append(jobs, d)
+		for k, v := range per {
+			calls[k] = append(calls[k], v)
+		}
+	}
+	rootfs, err := filepath.Glob(filepath.Join(env.StateDir(), "rootfs", "*"))
+	if err != nil || len(rootfs) != 1 {
+		return fmt.Errorf("expected one skeleton root under %s, found %v", env.StateDir(), rootfs)
+	}
+	// The floor runs the same container hearth does: the skeleton root, the store and the daemon
+	// socket, the user namespace, the host network and the default seccomp profile.
+	floorArgs := []string{"--seccomp", "--net-host", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
+		"--mount", "type=bind,src=/nix/store,dst=/nix/store,options=rbind:ro",
+		"--mount", "type=bind,src=" + env.NixSocket + ",dst=/nix/var/nix/daemon-socket/socket,options=bind"}
+	floors, err := ctrRuns(env, runs, rootfs[0], floorArgs)
+	if err != nil {
+		return err
+	}
+	bare, err := ctrRuns(env, runs, rootfs[0], floorArgs[1:])
+	if err != nil {
+		return err
+	}
+	job, floor := median(jobs), median(floors)
+	fmt.Println("Whole job, trivial stages (config, prepare, prepare_script, get_sources with GIT_STRATEGY=none,")
+	fmt.Println("`true` script, after_script, cleanup_file_variables, cleanup) against `ctr run --rm` of the same")
+	fmt.Println("container (skeleton root, store and daemon socket, user namespace, host network, seccomp) running `true`:")
+	fmt.Printf("  floor: ctr run --rm --seccomp ...   %s\n", ms(floor))
+	fmt.Printf("  hearth: whole job                   %s\n", ms(job))
+	fmt.Printf("  ratio                               %.2f   (target <= 2.0)\n", float64(job)/float64(floor))
+	fmt.Printf("  (against ctr run --rm without seccomp, %s: ratio %.2f)\n", ms(median(bare)), float64(job)/float64(median(bare)))
+	var names []string
+	for k := range calls {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	fmt.Print("  per driver call:")
+	for _, k := range []string{"config", "prepare", "prepare_script", "get_sources", "build_script", "after_script", "cleanup_file_variables", "cleanup"} {
+		if v, ok := calls[k]; ok {
+			fmt.Printf(" %s %s;", k, ms(median(v)))
+		}
+	}
+	fmt.Println()
+
+	// Second build against first.
+	var firsts, seconds, firstJobs, secondJobs []time.Duration
+	stamp := time.Now().UnixNano()
+	for i := 0; i < builds; i++ {
+		src := buildJob(env.Tools, fmt.Sprintf("%d-%d", stamp, i))
+		for pass := 0; pass < 2; pass++ {
+			d, log, err := runJob(env, cfg, src, nil)
+			if err != nil {
+				return fmt.Errorf("build job: %v\n%s", err, log)
+			}
+			b, err := buildTime(log)
+			if err != nil {
+				return fmt.Errorf("%v\n%s", err, log)
+			}
+			if pass == 0 {
+				firsts, firstJobs = append(firsts, b), append(firstJobs, d)
+			} else {
+				seconds, secondJobs = append(seconds, b), append(secondJobs, d)
+			}
+		}
+	}
+	if builds == 0 {
+		return nil
+	}
+	first, second := median(firsts), median(seconds)
+	fmt.Println()
+	fmt.Printf("Second build against first, a derivation that takes 5 s (%d pairs):\n", builds)
+	fmt.Printf("  first build (nix-build in the job)    %s\n", ms(first))
+	fmt.Printf("  second build (same derivation)        %s\n", ms(second))
+	fmt.Printf("  ratio                                 %.4f   (target <= 0.05)\n", float64(second)/float64(first))
+	fmt.Printf("  whole jobs: first %s, second %s, ratio %.3f\n", ms(median(firstJobs)), ms(median(secondJobs)), float64(median(secondJobs))/float64(median(firstJobs)))
+	return nil
+}
+
+// ctrRuns times `ctr run --rm` of rootfs running true, runs times after a warm-up.
+func ctrRuns(env *testenv.Env, runs int, rootfs string, args []string) ([]time.Duration, error) {
+	var ds []time.Duration
+	for i := 0; i <= runs; i++ {
+		argv := append([]string{"-a", env.ContainerdSocket, "-n", "hearth-bench", "run", "--rm", "--rootfs"}, args...)
+		argv = append(argv, rootfs, fmt.Sprintf("floor-%d-%d", len(args), i), env.Environment+"/bin/true")
+		start := time.Now()
+		out, err := exec.Command("ctr", argv...).CombinedOutput()
+		d := time.Since(start)
+		if err != nil {
+			return nil, fmt.Errorf("ctr run: %v: %s", err, out)
+		}
+		if i > 0 {
+			ds = append(ds, d)
+		}
+	}
+	return ds, nil
+}
+
+func runJob(env *testenv.Env, cfg, src string, timed func(string, time.Duration)) (time.Duration, string, error) {
+	job, err := runner.ParseJob([]byte(src), "job")
+	if err != nil {
+		return 0, "", err
+	}
+	drv := func(stage string) runner.Command {
+		return runner.Command{Exec: env.Hearth, Args: []string{"--config", cfg, "driver", stage}}
+	}
+	var log strings.Builder
+	jobRunner := runner.New(runner.Options{
+		Custom: runner.Custom{Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup")},
+		Job:    job, JobID: time.Now().UnixNano() % 1e9, ProjectID: 1, ProjectPath: "bench/project",
+		RepoURL: "https://gitlab.example.com/bench/project.git", RunnerToken: "bench", Log: &log, Timed: timed,
+	})
+	start := time.Now()
+	res := jobRunner.Run(context.Background())
+	d := time.Since(start)
+	if res.State != "success" {
+		return 0, log.String(), fmt.Errorf("%s", res)
+	}
+	return d, log.String(), nil
+}
+
+func buildJob(tools, nonce string) string {
+	return fmt.Sprintf(`job:
+  script:
+    - |
+      cat > slow.nix <<'EOF'
+      let tools = builtins.storePath "%s"; in
+      derivation { name = "bench-%s"; system = "x86_64-linux"; builder = "${tools}/bin/bash";
+        PATH = "${tools}/bin"; args = [ "-c" "sleep 5; echo done > $out" ]; }
+      EOF
+    - start=$EPOCHREALTIME; nix-build --no-out-link slow.nix; end=$EPOCHREALTIME; echo "build-time $start $end"
+`, tools, nonce)
+}
+
+var buildTimes = regexp.MustCompile(`\nbuild-time ([0-9.]+) ([0-9.]+)\n`)
+
+// buildTime reads the nix-build's wall time the job printed (bash's $EPOCHREALTIME, in µs).
+func buildTime(log string) (time.Duration, error) {
+	m := buildTimes.FindStringSubmatch(log)
+	if m == nil {
+		return 0, fmt.Errorf("no build time in the job log")
+	}
+	start, err1 := strconv.ParseFloat(m[1], 64)
+	end, err2 := strconv.ParseFloat(m[2], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad build time %q", m[0])
+	}
+	return time.Duration((end - start) * float64(time.Second)), nil
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up this machine as needed, then runs a demo job end to end through `hearth exec`: a private
+# containerd and nix-daemon, a job environment made from the store, and a job that builds a
+# derivation through the daemon — twice, to show that the second build is free.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+exec go run ./internal/demo "$@"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what hearth's demo and tests run on, when it is missing: Debian's containerd, runc and
+# Nix, and the static busybox and bash the test environments are made of. Needs root, Debian 12 and Go.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+	echo "run this as root: containerd, user namespaces and nix-daemon need it" >&2
+	exit 1
+fi
+packages=(containerd runc nix-bin busybox-static bash-static iproute2 ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null; then
+	if [ -x /usr/local/go/bin/go ]; then
+		export PATH=/usr/local/go/bin:$PATH
+	else
+		echo "Go 1.26 is needed to build hearth: install it to /usr/local/go (https://go.dev/doc/install)" >&2
+		exit 1
+	fi
+fi
