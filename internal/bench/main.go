@@ -54,23 +54,11 @@ func run(runs, builds int) error {
 	host, _ := os.Hostname()
 	fmt.Printf("hearth benchmarks on %s, %s, %d runs each (medians)\n\n", host, time.Now().UTC().Format("2006-01-02"), runs)
 
-	// Whole job with trivial stages.
+	// Whole job with trivial stages, interleaved with the floors so that the machine's noise falls
+	// on all three alike.
 	trivial := "job:\n  variables:\n    GIT_STRATEGY: none\n  script: [\"true\"]\n  after_script: [\"true\"]\n"
-	calls := map[string][]time.Duration{}
-	var jobs []time.Duration
-	for i := 0; i <= runs; i++ {
-		per := map[string]time.Duration{}
-		d, log, err := runJob(env, cfg, trivial, func(call string, d time.Duration) { per[call] += d })
-		if err != nil {
-			return fmt.Errorf("trivial job: %v\n%s", err, log)
-		}
-		if i == 0 {
-			continue // warm-up: makes the skeleton root, fills caches
-		}
-		jobs = append(jobs, d)
-		for k, v := range per {
-			calls[k] = append(calls[k], v)
-		}
+	if _, log, err := runJob(env, cfg, trivial, nil); err != nil { // warm-up: makes the skeleton root
+		return fmt.Errorf("trivial job: %v\n%s", err, log)
 	}
 	rootfs, err := filepath.Glob(filepath.Join(env.StateDir(), "rootfs", "*"))
 	if err != nil || len(rootfs) != 1 {
@@ -81,13 +69,29 @@ func run(runs, builds int) error {
 	floorArgs := []string{"--seccomp", "--net-host", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
 		"--mount", "type=bind,src=/nix/store,dst=/nix/store,options=rbind:ro",
 		"--mount", "type=bind,src=" + env.NixSocket + ",dst=/nix/var/nix/daemon-socket/socket,options=bind"}
-	floors, err := ctrRuns(env, runs, rootfs[0], floorArgs)
-	if err != nil {
-		return err
-	}
-	bare, err := ctrRuns(env, runs, rootfs[0], floorArgs[1:])
-	if err != nil {
-		return err
+	calls := map[string][]time.Duration{}
+	var jobs, floors, bare []time.Duration
+	for i := 0; i <= runs; i++ {
+		per := map[string]time.Duration{}
+		d, log, err := runJob(env, cfg, trivial, func(call string, d time.Duration) { per[call] += d })
+		if err != nil {
+			return fmt.Errorf("trivial job: %v\n%s", err, log)
+		}
+		f, err := ctrRun(env, rootfs[0], fmt.Sprintf("floor-%d", i), floorArgs)
+		if err != nil {
+			return err
+		}
+		b, err := ctrRun(env, rootfs[0], fmt.Sprintf("bare-%d", i), floorArgs[1:])
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			continue // warm-up
+		}
+		jobs, floors, bare = append(jobs, d), append(floors, f), append(bare, b)
+		for k, v := range per {
+			calls[k] = append(calls[k], v)
+		}
 	}
 	job, floor := median(jobs), median(floors)
 	fmt.Println("Whole job, trivial stages (config, prepare, prepare_script, get_sources with GIT_STRATEGY=none,")
@@ -97,11 +101,6 @@ func run(runs, builds int) error {
 	fmt.Printf("  hearth: whole job                   %s\n", ms(job))
 	fmt.Printf("  ratio                               %.2f   (target <= 2.0)\n", float64(job)/float64(floor))
 	fmt.Printf("  (against ctr run --rm without seccomp, %s: ratio %.2f)\n", ms(median(bare)), float64(job)/float64(median(bare)))
-	var names []string
-	for k := range calls {
-		names = append(names, k)
-	}
-	sort.Strings(names)
 	fmt.Print("  per driver call:")
 	for _, k := range []string{"config", "prepare", "prepare_script", "get_sources", "build_script", "after_script", "cleanup_file_variables", "cleanup"} {
 		if v, ok := calls[k]; ok {
@@ -144,23 +143,17 @@ func run(runs, builds int) error {
 	return nil
 }
 
-// ctrRuns times `ctr run --rm` of rootfs running true, runs times after a warm-up.
-func ctrRuns(env *testenv.Env, runs int, rootfs string, args []string) ([]time.Duration, error) {
-	var ds []time.Duration
-	for i := 0; i <= runs; i++ {
-		argv := append([]string{"-a", env.ContainerdSocket, "-n", "hearth-bench", "run", "--rm", "--rootfs"}, args...)
-		argv = append(argv, rootfs, fmt.Sprintf("floor-%d-%d", len(args), i), env.Environment+"/bin/true")
-		start := time.Now()
-		out, err := exec.Command("ctr", argv...).CombinedOutput()
-		d := time.Since(start)
-		if err != nil {
-			return nil, fmt.Errorf("ctr run: %v: %s", err, out)
-		}
-		if i > 0 {
-			ds = append(ds, d)
-		}
+// ctrRun times one `ctr run --rm` of rootfs running true.
+func ctrRun(env *testenv.Env, rootfs, id string, args []string) (time.Duration, error) {
+	argv := append([]string{"-a", env.ContainerdSocket, "-n", "hearth-bench", "run", "--rm", "--rootfs"}, args...)
+	argv = append(argv, rootfs, id, env.Environment+"/bin/true")
+	start := time.Now()
+	out, err := exec.Command("ctr", argv...).CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("ctr run: %v: %s", err, out)
 	}
-	return ds, nil
+	return d, nil
 }
 
 func runJob(env *testenv.Env, cfg, src string, timed func(string, time.Duration)) (time.Duration, string, error) {
