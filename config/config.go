@@ -24,6 +24,7 @@ type Config struct {
 	Nix          Nix                    `toml:"nix"`
 	Jobs         Jobs                   `toml:"jobs"`
 	Environments map[string]Environment `toml:"environments"`
+	Cache        Cache                  `toml:"cache"`
 }
 
 // Containerd says which containerd daemon runs the job containers.
@@ -58,6 +59,47 @@ type Environment struct {
 	Mounts    []string `toml:"mounts"`
 }
 
+// Cache says where what jobs build is pushed.
+type Cache struct {
+	// Backend is "file", "s3" or "attic".
+	Backend string `toml:"backend"`
+	// Push is "always", "protected" (only jobs on protected refs, as the job payload says) or "never".
+	Push string `toml:"push"`
+	// Required makes a failed push fail the job; otherwise it is a warning.
+	Required bool `toml:"required"`
+	// QueueDir holds the paths the post-build hook has queued and not yet pushed.
+	QueueDir string `toml:"queue_dir"`
+	// Jobs is how many paths are uploaded at once.
+	Jobs  int        `toml:"jobs"`
+	File  FileCache  `toml:"file"`
+	S3    S3Cache    `toml:"s3"`
+	Attic AtticCache `toml:"attic"`
+}
+
+// FileCache is a binary-cache directory on this host.
+type FileCache struct {
+	Dir            string `toml:"dir"`
+	SigningKeyFile string `toml:"signing_key_file"`
+}
+
+// S3Cache is a binary cache in an S3 bucket (Backblaze B2, or any S3).
+type S3Cache struct {
+	Bucket              string `toml:"bucket"`
+	Region              string `toml:"region"`
+	Endpoint            string `toml:"endpoint"`
+	Prefix              string `toml:"prefix"`
+	AccessKeyIDFile     string `toml:"access_key_id_file"`
+	SecretAccessKeyFile string `toml:"secret_access_key_file"`
+	SigningKeyFile      string `toml:"signing_key_file"`
+}
+
+// AtticCache is a cache on an Attic server.
+type AtticCache struct {
+	Endpoint  string `toml:"endpoint"`
+	Cache     string `toml:"cache"`
+	TokenFile string `toml:"token_file"`
+}
+
 // Mount is one parsed entry of Environment.Mounts.
 type Mount struct {
 	Host, Container string
@@ -77,6 +119,14 @@ func Default() Config {
 			UIDMapStart:        100000,
 			UIDMapSize:         65536,
 			StopTimeout:        Duration(5e9),
+		},
+		Cache: Cache{
+			Backend:  "file",
+			Push:     "always",
+			QueueDir: "/var/lib/hearth/queue",
+			Jobs:     4,
+			File:     FileCache{Dir: "/var/lib/hearth/binary-cache"},
+			S3:       S3Cache{Region: "us-east-1"},
 		},
 	}
 }

@@ -67,6 +67,60 @@ func (c *Config) validate(src []byte) error {
 			return fmt.Errorf("%s: %w", at("environments", name), err)
 		}
 	}
+	return c.Cache.validate(at)
+}
+
+func (c Cache) validate(at func(key ...string) string) error {
+	switch c.Push {
+	case "always", "protected", "never":
+	default:
+		return fmt.Errorf("%s = %q: must be \"always\", \"protected\" or \"never\"", at("cache", "push"), c.Push)
+	}
+	if !filepath.IsAbs(c.QueueDir) {
+		return fmt.Errorf("%s = %q: must be an absolute path", at("cache", "queue_dir"), c.QueueDir)
+	}
+	if c.Jobs < 1 || c.Jobs > 64 {
+		return fmt.Errorf("%s = %d: must be between 1 and 64", at("cache", "jobs"), c.Jobs)
+	}
+	absOrEmpty := func(val string, key ...string) error {
+		if val != "" && !filepath.IsAbs(val) {
+			return fmt.Errorf("%s = %q: must be an absolute path", at(key...), val)
+		}
+		return nil
+	}
+	required := func(val string, key ...string) error {
+		if val == "" {
+			return fmt.Errorf("%s is not set, and the %q backend needs it", at(key...), c.Backend)
+		}
+		return nil
+	}
+	var errs []error
+	switch c.Backend {
+	case "file":
+		errs = append(errs, required(c.File.Dir, "cache", "file", "dir"), absOrEmpty(c.File.Dir, "cache", "file", "dir"),
+			absOrEmpty(c.File.SigningKeyFile, "cache", "file", "signing_key_file"))
+	case "s3":
+		errs = append(errs, required(c.S3.Bucket, "cache", "s3", "bucket"), required(c.S3.Region, "cache", "s3", "region"),
+			required(c.S3.AccessKeyIDFile, "cache", "s3", "access_key_id_file"), required(c.S3.SecretAccessKeyFile, "cache", "s3", "secret_access_key_file"),
+			absOrEmpty(c.S3.AccessKeyIDFile, "cache", "s3", "access_key_id_file"), absOrEmpty(c.S3.SecretAccessKeyFile, "cache", "s3", "secret_access_key_file"),
+			absOrEmpty(c.S3.SigningKeyFile, "cache", "s3", "signing_key_file"))
+		if c.S3.Endpoint != "" && !strings.HasPrefix(c.S3.Endpoint, "http://") && !strings.HasPrefix(c.S3.Endpoint, "https://") {
+			errs = append(errs, fmt.Errorf("%s = %q: must be an http:// or https:// URL", at("cache", "s3", "endpoint"), c.S3.Endpoint))
+		}
+	case "attic":
+		errs = append(errs, required(c.Attic.Endpoint, "cache", "attic", "endpoint"), required(c.Attic.Cache, "cache", "attic", "cache"),
+			required(c.Attic.TokenFile, "cache", "attic", "token_file"), absOrEmpty(c.Attic.TokenFile, "cache", "attic", "token_file"))
+		if c.Attic.Endpoint != "" && !strings.HasPrefix(c.Attic.Endpoint, "http://") && !strings.HasPrefix(c.Attic.Endpoint, "https://") {
+			errs = append(errs, fmt.Errorf("%s = %q: must be an http:// or https:// URL", at("cache", "attic", "endpoint"), c.Attic.Endpoint))
+		}
+	default:
+		return fmt.Errorf("%s = %q: must be \"file\", \"s3\" or \"attic\"", at("cache", "backend"), c.Backend)
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -25,6 +25,11 @@ type Executor interface {
 	Cleanup(ctx context.Context, id string) error
 }
 
+// Flusher pushes what jobs built to the binary cache and accounts for it in the job log.
+type Flusher interface {
+	Flush(ctx context.Context, log io.Writer) error
+}
+
 // Driver carries out the four stages of the custom-executor contract.
 type Driver struct {
 	Config  *config.Config
@@ -33,6 +38,8 @@ type Driver struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Version string
+	// Cache opens the binary cache; it is called only when a push is due.
+	Cache func(ctx context.Context) (Flusher, error)
 }
 
 // Container paths gitlab-runner is told about; the executor mounts the job's host dirs there.
@@ -128,6 +135,40 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 	if code != 0 {
 		return &Failure{Kind: BuildFailure, Err: fmt.Errorf("%s: exit code %d", stage, code)}
 	}
+	if isUserScript(stage) {
+		return d.push(ctx, p)
+	}
+	return nil
+}
+
+// isUserScript reports whether stage is the job's script, after which what it built is pushed.
+func isUserScript(stage string) bool {
+	return stage == "build_script" || stage == "step_script"
+}
+
+// push sends what the job built to the cache, if policy allows. The policy reads the payload's
+// protected flag, which a job cannot set. A failed push is a warning, unless the cache is
+// required: then it is the runner's failure, not the job's.
+func (d *Driver) push(ctx context.Context, p *Payload) error {
+	c := d.Config.Cache
+	switch {
+	case c.Push == "never" || d.Cache == nil:
+		return nil
+	case c.Push == "protected" && (p.GitInfo.Protected == nil || !*p.GitInfo.Protected):
+		fmt.Fprintf(d.Stdout, "Not pushing to the binary cache: %s is not a protected ref\n", p.GitInfo.Ref)
+		return nil
+	}
+	f, err := d.Cache(ctx)
+	if err == nil {
+		err = f.Flush(ctx, d.Stdout)
+	}
+	if err == nil {
+		return nil
+	}
+	if c.Required {
+		return fmt.Errorf("push to the binary cache (required by [cache] required): %w", err)
+	}
+	fmt.Fprintf(d.Stdout, "\x1b[0;33mWARNING: the binary cache push failed; the paths stay queued for the next push: %v\x1b[0;m\n", err)
 	return nil
 }
 

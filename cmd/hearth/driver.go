@@ -34,7 +34,7 @@ func driverCommand() *cli.Command {
 				}
 				ex := executor.New(cfg)
 				defer ex.Close()
-				d := &driver.Driver{Config: cfg, Exec: ex, Env: env, Stdout: os.Stdout, Stderr: os.Stderr, Version: hearthVersion()}
+				d := &driver.Driver{Config: cfg, Exec: ex, Env: env, Stdout: os.Stdout, Stderr: os.Stderr, Version: hearthVersion(), Cache: driverCache(cfg)}
 				// SIGTERM from gitlab-runner means "stop this stage", not "tear down".
 				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 				defer stop()

@@ -52,6 +52,7 @@ func main() {
 			driverCommand(),
 			execCommand(),
 			gcCommand(),
+			cacheCommand(),
 			configCommand(),
 			agentCommand(),
 		},

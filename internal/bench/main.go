@@ -47,7 +47,7 @@ func run(runs, builds int) error {
 		return err
 	}
 	defer env.Stop()
-	cfg, err := env.WriteConfig("", "")
+	cfg, err := env.WriteConfig("", "", "")
 	if err != nil {
 		return err
 	}

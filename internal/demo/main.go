@@ -52,11 +52,11 @@ func run() error {
 		return err
 	}
 	defer env.Stop()
-	cfg, err := env.WriteConfig("", "")
+	cfg, err := env.WriteConfig("", "", "")
 	if err != nil {
 		return err
 	}
-	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, env.Config("", ""))
+	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, env.Config("", "", ""))
 	dir := filepath.Join(env.Dir, "project")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

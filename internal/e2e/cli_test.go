@@ -17,7 +17,7 @@ func TestConfigCheck(t *testing.T) {
 		t.Fatalf("valid config: %v\n%s", err, out)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.toml")
-	src := strings.Replace(env.Config("", ""), "[jobs]\n", "[jobs]\nnetwrok = \"none\"\n", 1)
+	src := strings.Replace(env.Config("", "", ""), "[jobs]\n", "[jobs]\nnetwrok = \"none\"\n", 1)
 	if err := os.WriteFile(bad, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,8 @@ func TestBuildExitCodeFile(t *testing.T) {
 // untrusted user: its own log names the mapped uid without "(trusted)", and a post-build-hook the
 // job asks for is not run (for a trusted client it would be, as root — the control case below).
 func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
-	cfg := writeConfig(t, "", "")
+	// No push: every connection the daemon logs during the job is then the job's own.
+	cfg := writeCacheConfig(t, "", `push = "never"`, "")
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	marker := "/tmp/hearth-hook-ran-" + nonce
 	defer os.Remove(marker)

@@ -72,7 +72,12 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 
 func writeConfig(t *testing.T, jobs, tables string) string {
 	t.Helper()
-	p, err := env.WriteConfig(jobs, tables)
+	return writeCacheConfig(t, jobs, "", tables)
+}
+
+func writeCacheConfig(t *testing.T, jobs, cache, tables string) string {
+	t.Helper()
+	p, err := env.WriteConfig(jobs, cache, tables)
 	if err != nil {
 		t.Fatal(err)
 	}

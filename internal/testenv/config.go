@@ -4,13 +4,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Config returns a hearth config for this environment: its containerd and nix-daemon, dirs under
-// Dir/hearth, and a default environment pointing at Environment. jobs is added to the [jobs] table;
-// tables is appended at the end (more [environments.NAME], say).
-func (e *Env) Config(jobs, tables string) string {
+// Dir/hearth, a default environment pointing at Environment, and a file cache under Dir/hearth fed
+// by the daemon's post-build-hook. jobs is added to the [jobs] table and cache to the [cache]
+// table; tables is appended at the end (more [environments.NAME], say, or [cache.s3]).
+func (e *Env) Config(jobs, cache, tables string) string {
 	h := filepath.Join(e.Dir, "hearth")
+	if !strings.Contains(tables, "[cache.file]") {
+		tables += fmt.Sprintf("\n[cache.file]\ndir = %q\n", e.FileCacheDir())
+	}
 	return fmt.Sprintf(`[containerd]
 address = %q
 namespace = "hearth-test"
@@ -25,17 +30,28 @@ state_dir = %q
 %s
 [environments.default]
 store_path = %q
-%s`, e.ContainerdSocket, e.NixSocket, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment, tables)
+
+[cache]
+queue_dir = %q
+%s
+%s`, e.ContainerdSocket, e.NixSocket, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
+		e.QueueDir(), cache, tables)
 }
 
-// WriteConfig writes Config(jobs, tables) to a new file under Dir and returns its path.
-func (e *Env) WriteConfig(jobs, tables string) (string, error) {
+// QueueDir is where the daemon's post-build-hook queues built paths.
+func (e *Env) QueueDir() string { return filepath.Join(e.Dir, "hearth", "queue") }
+
+// FileCacheDir is the file cache of configs whose [cache] says nothing else.
+func (e *Env) FileCacheDir() string { return filepath.Join(e.Dir, "hearth", "binary-cache") }
+
+// WriteConfig writes Config(jobs, cache, tables) to a new file under Dir and returns its path.
+func (e *Env) WriteConfig(jobs, cache, tables string) (string, error) {
 	f, err := os.CreateTemp(e.Dir, "config-*.toml")
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	if _, err := f.WriteString(e.Config(jobs, tables)); err != nil {
+	if _, err := f.WriteString(e.Config(jobs, cache, tables)); err != nil {
 		return "", err
 	}
 	return f.Name(), nil

@@ -42,6 +42,8 @@ type Env struct {
 type Options struct {
 	// NixConf is appended to the daemon's nix.conf.
 	NixConf string
+	// NoContainerd leaves containerd out, for tests of the cache alone.
+	NoContainerd bool
 }
 
 // Start builds hearth and starts containerd and nix-daemon under a new directory. Stop undoes it.
@@ -75,8 +77,10 @@ func Start(opts Options) (env *Env, err error) {
 	if env.Hearth, err = BuildHearth(filepath.Join(dir, "bin", "hearth")); err != nil {
 		return env, err
 	}
-	if err := env.startContainerd(); err != nil {
-		return env, err
+	if !opts.NoContainerd {
+		if err := env.startContainerd(); err != nil {
+			return env, err
+		}
 	}
 	if err := env.startNixDaemon(opts.NixConf); err != nil {
 		return env, err
@@ -155,8 +159,18 @@ func (e *Env) startNixDaemon(extra string) error {
 	}
 	e.NixSocket = filepath.Join(d, "daemon-socket", "socket")
 	e.NixLog = filepath.Join(d, "nix-daemon.log")
+	// The daemon's post-build-hook queues what it builds, as on a runner host. Nix passes the hook
+	// no arguments, hence the wrapper; the hook's config needs only the queue.
+	hookCfg := filepath.Join(d, "hook.toml")
+	if err := os.WriteFile(hookCfg, []byte(fmt.Sprintf("[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-unused\"\n", e.QueueDir())), 0o644); err != nil {
+		return err
+	}
+	hook := filepath.Join(d, "post-build-hook")
+	if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
+		return err
+	}
 	// No substituters: the machine is offline, and a build must not wait on DNS.
-	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\n" + extra
+	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = " + hook + "\n" + extra
 	if err := os.WriteFile(filepath.Join(e.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}

@@ -1,0 +1,77 @@
+// Package cache pushes store paths to a binary cache: the Backend contract the file, s3 and attic
+// backends implement, the push of a closure with bounded parallelism, the queue the nix-daemon's
+// post-build-hook fills, and the report a job log shows.
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/hearth-ci/hearth/cache/nar"
+	"github.com/hearth-ci/hearth/cache/nixbase32"
+	"github.com/hearth-ci/hearth/internal/nixstore"
+)
+
+// Backend is one binary cache.
+type Backend interface {
+	// Missing returns the store paths among paths that the cache does not hold. It is called
+	// once per push with every path of the closure, and must not fail for paths that are merely
+	// absent. A backend may count a path as held when it can get it elsewhere (Attic does, for
+	// paths signed by its upstream caches).
+	Missing(ctx context.Context, paths []nixstore.PathInfo) ([]string, error)
+	// Put uploads one path. nar opens a new stream of its NAR each time it is called, so an upload
+	// can be retried from the start; the stream fails at its end when the NAR differs from
+	// info.NarHash or info.NarSize, and then Put must leave nothing of the path visible. Put is
+	// called for a path only after every path it references is in the cache, and may be called
+	// for several paths at once.
+	Put(ctx context.Context, info nixstore.PathInfo, nar NarSource) (Stats, error)
+	// String names the cache for people: "s3://bucket/prefix", "attic https://host/ cache".
+	String() string
+}
+
+// NarSource opens a fresh NAR stream of one path.
+type NarSource func() (io.ReadCloser, error)
+
+// Stats is what one Put moved.
+type Stats struct {
+	// NarBytes is the NAR's size; FileBytes what was stored (compressed), 0 when unknown.
+	NarBytes, FileBytes int64
+}
+
+// ErrNarMismatch means a path's NAR, as read from the store now, is not the NAR the store recorded
+// (the path was changed on disk, or the store's metadata is wrong). It is never uploaded.
+var ErrNarMismatch = errors.New("NAR differs from the store's record")
+
+// NarOf returns the NAR source of a store path: the NAR serialized from the file system, checked as
+// it streams against the hash and size the store recorded.
+func NarOf(info nixstore.PathInfo) NarSource {
+	return func() (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			h := sha256.New()
+			cw := &countingWriter{w: io.MultiWriter(pw, h)}
+			err := nar.Dump(cw, info.Path)
+			if err == nil {
+				if got := "sha256:" + nixbase32.EncodeToString(h.Sum(nil)); got != info.NarHash || uint64(cw.n) != info.NarSize {
+					err = fmt.Errorf("%w: %s has NAR hash %s and size %d, the store says %s and %d", ErrNarMismatch, info.Path, got, cw.n, info.NarHash, info.NarSize)
+				}
+			}
+			pw.CloseWithError(err) // a nil error is a clean EOF
+		}()
+		return pr, nil
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

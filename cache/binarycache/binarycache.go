@@ -1,0 +1,196 @@
+// Package binarycache writes and checks the standard Nix binary-cache layout — nix-cache-info,
+// <hash>.narinfo and nar/<hash>.nar.zst — on any store of objects. The file and s3 backends are
+// this layout over a directory and over a bucket.
+package binarycache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hearth-ci/hearth/cache"
+	"github.com/hearth-ci/hearth/cache/narinfo"
+	"github.com/hearth-ci/hearth/cache/nixbase32"
+	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/internal/nixstore"
+)
+
+// Objects is a flat store of named objects.
+type Objects interface {
+	// Exists reports whether key is there. Called for every path of a pushed closure.
+	Exists(ctx context.Context, key string) (bool, error)
+	// Put stores what r yields under key. The object appears whole or not at all: when r fails,
+	// nothing is left under key. Called concurrently.
+	Put(ctx context.Context, key string, r io.Reader, contentType string) error
+	// Get opens key; an absent key is an error that satisfies errors.Is(err, ErrNotExist).
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// List returns the keys that end in suffix.
+	List(ctx context.Context, suffix string) ([]string, error)
+	String() string
+}
+
+// ErrNotExist is what Objects.Get returns for an absent key.
+var ErrNotExist = errors.New("no such object")
+
+// CacheInfo is the nix-cache-info hearth writes when a cache has none.
+const CacheInfo = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+
+// Cache is a binary cache on Objects. It implements cache.Backend.
+type Cache struct {
+	objects Objects
+	key     *signing.SecretKey
+	once    sync.Once
+	infoErr error
+}
+
+// New returns the cache on objects; key, when not nil, signs every narinfo.
+func New(objects Objects, key *signing.SecretKey) *Cache {
+	return &Cache{objects: objects, key: key}
+}
+
+func (c *Cache) String() string { return c.objects.String() }
+
+// Missing asks for each path's narinfo, several at once.
+func (c *Cache) Missing(ctx context.Context, paths []nixstore.PathInfo) ([]string, error) {
+	present := make([]bool, len(paths))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	for i, p := range paths {
+		g.Go(func() error {
+			key, err := narinfoKey(p.Path)
+			if err != nil {
+				return err
+			}
+			ok, err := c.objects.Exists(gctx, key)
+			if err != nil {
+				return fmt.Errorf("look for %s: %w", key, err)
+			}
+			present[i] = ok
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var missing []string
+	for i, p := range paths {
+		if !present[i] {
+			missing = append(missing, p.Path)
+		}
+	}
+	return missing, nil
+}
+
+func narinfoKey(storePath string) (string, error) {
+	h, err := narinfo.HashPart(path.Base(storePath))
+	if err != nil {
+		return "", err
+	}
+	return h + ".narinfo", nil
+}
+
+// encoders is how many goroutines compress one NAR: a large path then uses both cores.
+var encoders = min(runtime.GOMAXPROCS(0), 4)
+
+// Put compresses the NAR with zstd into nar/<NarHash>.nar.zst — named by the NAR's hash, known
+// before the upload, so identical NARs share an object — and then writes the narinfo, signed. The
+// narinfo is written last: a cache never shows a path whose NAR is not complete.
+func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSource) (cache.Stats, error) {
+	var st cache.Stats
+	c.once.Do(func() { c.infoErr = c.ensureCacheInfo(ctx) })
+	if c.infoErr != nil {
+		return st, c.infoErr
+	}
+	niKey, err := narinfoKey(info.Path)
+	if err != nil {
+		return st, err
+	}
+	narHash, err := nixbase32.DecodeString(strings.TrimPrefix(info.NarHash, "sha256:"))
+	if err != nil {
+		return st, fmt.Errorf("NAR hash %q: %w", info.NarHash, err)
+	}
+	narKey := "nar/" + nixbase32.EncodeToString(narHash) + ".nar.zst"
+
+	nar, err := src()
+	if err != nil {
+		return st, err
+	}
+	defer nar.Close()
+	pr, pw := io.Pipe()
+	fileHash := sha256.New()
+	file := &counter{}
+	go func() {
+		zw, err := zstd.NewWriter(io.MultiWriter(pw, fileHash, file), zstd.WithEncoderConcurrency(encoders), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+		_, err = io.Copy(zw, nar)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+		pw.CloseWithError(err)
+	}()
+	if err := c.objects.Put(ctx, narKey, pr, "application/x-nix-nar"); err != nil {
+		pr.CloseWithError(err)
+		return st, fmt.Errorf("upload %s: %w", narKey, err)
+	}
+	ni := &narinfo.NarInfo{
+		StorePath:   info.Path,
+		URL:         narKey,
+		Compression: "zstd",
+		FileHash:    "sha256:" + nixbase32.EncodeToString(fileHash.Sum(nil)),
+		FileSize:    uint64(file.n),
+		NarHash:     info.NarHash,
+		NarSize:     info.NarSize,
+		CA:          info.CA,
+		Sigs:        append([]string{}, info.Sigs...),
+	}
+	for _, r := range info.References {
+		ni.References = append(ni.References, path.Base(r))
+	}
+	if info.Deriver != "" {
+		ni.Deriver = path.Base(info.Deriver)
+	}
+	if c.key != nil {
+		fp, err := ni.Fingerprint()
+		if err != nil {
+			return st, err
+		}
+		ni.Sigs = append(ni.Sigs, c.key.Sign(fp))
+	}
+	if err := c.objects.Put(ctx, niKey, strings.NewReader(ni.String()), "text/x-nix-narinfo"); err != nil {
+		return st, fmt.Errorf("upload %s: %w", niKey, err)
+	}
+	return cache.Stats{NarBytes: int64(info.NarSize), FileBytes: file.n}, nil
+}
+
+func (c *Cache) ensureCacheInfo(ctx context.Context) error {
+	ok, err := c.objects.Exists(ctx, "nix-cache-info")
+	if err != nil {
+		return fmt.Errorf("look for nix-cache-info: %w", err)
+	}
+	if ok {
+		return nil
+	}
+	if err := c.objects.Put(ctx, "nix-cache-info", strings.NewReader(CacheInfo), "text/x-nix-cache-info"); err != nil {
+		return fmt.Errorf("write nix-cache-info: %w", err)
+	}
+	return nil
+}
+
+type counter struct{ n int64 }
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}

@@ -1,0 +1,213 @@
+// Package cachetest is the conformance suite every cache backend passes: run it from the backend's
+// own test with a factory for fresh caches. It pushes real store paths, made by a real nix-daemon,
+// and has real Nix substitute them back.
+package cachetest
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"github.com/klauspost/compress/zstd"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hearth-ci/hearth/cache"
+	"github.com/hearth-ci/hearth/cache/nar"
+	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/internal/testenv"
+)
+
+// Instance is one fresh, empty cache.
+type Instance struct {
+	Backend cache.Backend
+	// Substituter is the URL Nix substitutes from; PublicKey the key its narinfos are signed with.
+	Substituter, PublicKey string
+	// Tamper changes the stored NAR of a store path (one byte of it), as corruption would.
+	Tamper func(t *testing.T, storePath string)
+}
+
+// Run runs the suite. fresh returns a new empty cache each time it is called.
+func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
+	ctx := context.Background()
+	store := nixstore.Daemon(env.NixSocket)
+	pusher := func(b cache.Backend) *cache.Pusher {
+		return &cache.Pusher{Backend: b, Store: store, Jobs: 3, LockDir: t.TempDir()}
+	}
+
+	t.Run("push a closure, then nothing more", func(t *testing.T) {
+		in := fresh(t)
+		chain, err := env.BuildChain(fmt.Sprint("suite-", time.Now().UnixNano()), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		top := chain[len(chain)-1]
+		infos, err := store.Closure(ctx, []string{top})
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing, err := in.Backend.Missing(ctx, infos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(missing) != len(infos) {
+			t.Fatalf("an empty cache says it lacks %d of %d paths", len(missing), len(infos))
+		}
+		sum, err := pusher(in.Backend).Push(ctx, []string{top}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Pushed != len(infos) || sum.Present != 0 || sum.NarBytes <= 0 {
+			t.Fatalf("first push: %+v, want %d pushed", sum, len(infos))
+		}
+		if missing, err = in.Backend.Missing(ctx, infos); err != nil || len(missing) != 0 {
+			t.Fatalf("after the push the cache lacks %v (%v)", missing, err)
+		}
+		sum, err = pusher(in.Backend).Push(ctx, []string{top}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Pushed != 0 || sum.Present != len(infos) {
+			t.Fatalf("re-push uploaded something: %+v", sum)
+		}
+
+		// Real Nix, with an empty store, takes the closure from the cache trusting only its key.
+		root, err := env.Substitute(in.Substituter, in.PublicKey, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range chain {
+			if err := sameTree(root+p, p); err != nil {
+				t.Fatalf("substituted %s differs: %v", p, err)
+			}
+		}
+		// With a key it does not trust, it refuses.
+		if _, err := env.Substitute(in.Substituter, "other-key-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=", top); err == nil {
+			t.Fatal("Nix substituted paths signed by a key it does not trust")
+		}
+	})
+
+	t.Run("a tampered NAR is refused by Nix", func(t *testing.T) {
+		in := fresh(t)
+		chain, err := env.BuildChain(fmt.Sprint("tamper-", time.Now().UnixNano()), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pusher(in.Backend).Push(ctx, chain, true); err != nil {
+			t.Fatal(err)
+		}
+		in.Tamper(t, chain[0])
+		_, err = env.Substitute(in.Substituter, in.PublicKey, chain[0])
+		if err == nil {
+			t.Fatal("Nix accepted a tampered NAR")
+		}
+		if !strings.Contains(err.Error(), "hash mismatch") {
+			t.Fatalf("Nix refused the path, but not for its hash: %v", err)
+		}
+	})
+
+	t.Run("a NAR that differs from the store's record is never uploaded", func(t *testing.T) {
+		in := fresh(t)
+		chain, err := env.BuildChain(fmt.Sprint("mismatch-", time.Now().UnixNano()), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos, err := store.Info(ctx, chain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wrong := infos[0]
+		wrong.NarHash = "sha256:" + strings.Repeat("0", 52)
+		_, err = in.Backend.Put(ctx, wrong, cache.NarOf(wrong))
+		if !errors.Is(err, cache.ErrNarMismatch) {
+			t.Fatalf("Put of a mismatched NAR: %v, want ErrNarMismatch", err)
+		}
+		if missing, err := in.Backend.Missing(ctx, infos); err != nil || len(missing) != 1 {
+			t.Fatalf("after a refused upload the cache holds the path (missing %v, %v)", missing, err)
+		}
+	})
+
+	t.Run("a large path", func(t *testing.T) {
+		in := fresh(t)
+		big, err := env.AddRandom(fmt.Sprint("big-", time.Now().UnixNano()), 21<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := pusher(in.Backend).Push(ctx, []string{big}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Pushed != 1 || sum.NarBytes < 21<<20 {
+			t.Fatalf("push: %+v", sum)
+		}
+		root, err := env.Substitute(in.Substituter, in.PublicKey, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sameTree(root+big, big); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// sameTree compares two store paths file by file.
+func sameTree(got, want string) error {
+	var a, b strings.Builder
+	if err := narString(&a, got); err != nil {
+		return err
+	}
+	if err := narString(&b, want); err != nil {
+		return err
+	}
+	if a.String() != b.String() {
+		return fmt.Errorf("%s and %s have different contents", got, want)
+	}
+	return nil
+}
+
+func narString(w io.Writer, path string) error {
+	return nar.Dump(w, path)
+}
+
+// TamperZstd rewrites a zstd-compressed NAR with one byte of its content changed and returns it
+// compressed again: it still decompresses, and only the NAR hash gives it away.
+func TamperZstd(t *testing.T, compressed []byte) []byte {
+	t.Helper()
+	d, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := d.DecodeAll(compressed, nil)
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	TamperPlain(plain)
+	e, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	return e.EncodeAll(plain, nil)
+}
+
+// TamperPlain changes the first byte of the first non-empty file in an uncompressed NAR, in
+// place: the NAR stays well-formed, and only its hash gives it away.
+func TamperPlain(nar []byte) {
+	marker := []byte("contents")
+	for off := 0; ; {
+		i := bytes.Index(nar[off:], marker)
+		if i < 0 {
+			panic("cachetest: no file contents in the NAR to tamper with")
+		}
+		start := off + i + len(marker) // then the contents' 8-byte length, then the bytes
+		if n := binary.LittleEndian.Uint64(nar[start : start+8]); n > 0 {
+			nar[start+8] ^= 0x20
+			return
+		}
+		off = start
+	}
+}

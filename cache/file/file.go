@@ -1,0 +1,116 @@
+// Package file is the binary-cache backend on a local directory: the standard layout, written with
+// each file complete before it appears under its name.
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hearth-ci/hearth/cache/binarycache"
+	"github.com/hearth-ci/hearth/cache/signing"
+)
+
+// New returns the cache in dir, signing with key when it is not nil.
+func New(dir string, key *signing.SecretKey) (*binarycache.Cache, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("cache directory %q is not absolute", dir)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "nar"), 0o755); err != nil {
+		return nil, fmt.Errorf("make cache directory: %w", err)
+	}
+	return binarycache.New(Dir(dir), key), nil
+}
+
+// Dir is a directory as binarycache.Objects.
+type Dir string
+
+func (d Dir) String() string { return "file://" + string(d) }
+
+func (d Dir) path(key string) (string, error) {
+	clean := filepath.Clean(key)
+	if filepath.IsAbs(clean) || clean == "." || strings.HasPrefix(clean, "..") {
+		return "", fmt.Errorf("object key %q leaves the cache directory", key)
+	}
+	return filepath.Join(string(d), clean), nil
+}
+
+// Exists reports whether key is a file in the directory.
+func (d Dir) Exists(_ context.Context, key string) (bool, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return false, err
+	}
+	_, err = os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Put writes r to a temporary file beside key, syncs it, and renames it into place: a crash
+// leaves either the whole file or none, and a narinfo written after its NAR never points at a NAR
+// that is not on disk.
+func (d Dir) Put(_ context.Context, key string, r io.Reader, _ string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), p)
+}
+
+// Get opens key.
+func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", key, binarycache.ErrNotExist)
+	}
+	return f, err
+}
+
+// List returns the keys in the top directory that end in suffix.
+func (d Dir) List(_ context.Context, suffix string) ([]string, error) {
+	ents, err := os.ReadDir(string(d))
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, e := range ents {
+		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) {
+			keys = append(keys, e.Name())
+		}
+	}
+	return keys, nil
+}

@@ -1,0 +1,267 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hearth-ci/hearth/internal/nixstore"
+)
+
+// Pusher pushes closures to a backend.
+type Pusher struct {
+	Backend Backend
+	Store   *nixstore.Store
+	// Jobs is how many paths are uploaded at once (default 4).
+	Jobs int
+	// LockDir, when set, holds a lock file per path, so that pushers in different processes
+	// never upload the same path at the same time.
+	LockDir string
+	// Progress, when set, is called after each path with the totals so far.
+	Progress func(Progress)
+	// Pushed, when set, is called after each uploaded path.
+	Pushed func(info nixstore.PathInfo, st Stats)
+}
+
+// Progress is where a push stands.
+type Progress struct {
+	Done, Total int   // paths uploaded (or failed) of those missing from the cache
+	NarBytes    int64 // NAR bytes uploaded so far
+	Elapsed     time.Duration
+}
+
+// Summary is what a push did.
+type Summary struct {
+	// Paths is the number of paths considered (the closure, unless it was not asked for).
+	Paths int
+	// Pushed were uploaded; Present were already in the cache; Gone were queued but are no
+	// longer in the store.
+	Pushed, Present, Gone int
+	NarBytes, FileBytes   int64
+	Elapsed               time.Duration
+}
+
+// Push uploads paths (with their closures when closure is set) that the cache lacks, each after
+// the paths it references. It returns what it did even when it fails part-way; paths whose upload
+// or whose dependencies' upload failed are not in the cache afterwards.
+func (p *Pusher) Push(ctx context.Context, paths []string, closure bool) (Summary, error) {
+	start := time.Now()
+	var sum Summary
+	if len(paths) == 0 {
+		return sum, nil
+	}
+	infos, gone, err := p.info(ctx, paths, closure)
+	sum.Gone = len(gone)
+	if err != nil {
+		return sum, err
+	}
+	sum.Paths = len(infos)
+	missing, err := p.Backend.Missing(ctx, infos)
+	if err != nil {
+		return sum, fmt.Errorf("ask %s which paths it lacks: %w", p.Backend, err)
+	}
+	isMissing := make(map[string]bool, len(missing))
+	for _, m := range missing {
+		isMissing[m] = true
+	}
+	var todo []nixstore.PathInfo
+	for _, in := range nixstore.Order(infos) {
+		if isMissing[in.Path] {
+			todo = append(todo, in)
+		}
+	}
+	sum.Present = len(infos) - len(todo)
+	pushed, stats, err := p.upload(ctx, todo, start)
+	sum.Pushed = pushed
+	sum.NarBytes, sum.FileBytes = stats.NarBytes, stats.FileBytes
+	sum.Present += len(todo) - pushed - failedCount(err)
+	sum.Elapsed = time.Since(start)
+	return sum, err
+}
+
+// info reads the path info, leaving out roots that are no longer in the store (a queued path may
+// have been garbage-collected since it was built).
+func (p *Pusher) info(ctx context.Context, paths []string, closure bool) ([]nixstore.PathInfo, []string, error) {
+	var gone, valid []string
+	for _, path := range paths {
+		if _, err := os.Lstat(path); err != nil {
+			gone = append(gone, path)
+			continue
+		}
+		valid = append(valid, path)
+	}
+	if len(valid) == 0 {
+		return nil, gone, nil
+	}
+	var infos []nixstore.PathInfo
+	var err error
+	if closure {
+		infos, err = p.Store.Closure(ctx, valid)
+	} else {
+		infos, err = p.Store.Info(ctx, valid)
+	}
+	if err != nil {
+		return nil, gone, fmt.Errorf("read the store: %w", err)
+	}
+	return infos, gone, nil
+}
+
+// pushError collects the paths that failed.
+type pushError struct {
+	failed []string
+	first  error
+}
+
+func (e *pushError) Error() string {
+	if len(e.failed) == 1 {
+		return e.first.Error()
+	}
+	return fmt.Sprintf("%d paths were not pushed; the first: %v", len(e.failed), e.first)
+}
+
+func (e *pushError) Unwrap() error { return e.first }
+
+func failedCount(err error) int {
+	var pe *pushError
+	if errors.As(err, &pe) {
+		return len(pe.failed)
+	}
+	return 0
+}
+
+// upload pushes todo (ordered dependencies first) with at most Jobs uploads at once; a path starts
+// only when the paths it references that are also being pushed are done.
+func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start time.Time) (int, Stats, error) {
+	jobs := p.Jobs
+	if jobs < 1 {
+		jobs = 4
+	}
+	type result struct {
+		done chan struct{}
+		err  error
+	}
+	results := make(map[string]*result, len(todo))
+	for _, in := range todo {
+		results[in.Path] = &result{done: make(chan struct{})}
+	}
+	sem := make(chan struct{}, jobs)
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		total     Stats
+		pushed    int
+		done      atomic.Int64
+		narDone   atomic.Int64
+		pe        pushError
+		cancelled = ctx.Done()
+	)
+	for _, in := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := results[in.Path]
+			defer close(res.done)
+			for _, ref := range in.References {
+				if dep, ok := results[ref]; ok && ref != in.Path {
+					<-dep.done
+					if dep.err != nil {
+						res.err = fmt.Errorf("%s: not pushed because %s, which it references, failed", in.Path, ref)
+						break
+					}
+				}
+			}
+			if res.err == nil {
+				select {
+				case sem <- struct{}{}:
+					var st Stats
+					var uploaded bool
+					st, uploaded, res.err = p.put(ctx, in)
+					<-sem
+					if res.err == nil && uploaded {
+						mu.Lock()
+						pushed++
+						total.NarBytes += st.NarBytes
+						total.FileBytes += st.FileBytes
+						mu.Unlock()
+						narDone.Add(st.NarBytes)
+						if p.Pushed != nil {
+							p.Pushed(in, st)
+						}
+					}
+				case <-cancelled:
+					res.err = ctx.Err()
+				}
+			}
+			if res.err != nil {
+				mu.Lock()
+				if pe.first == nil {
+					pe.first = res.err
+				}
+				pe.failed = append(pe.failed, in.Path)
+				mu.Unlock()
+			}
+			n := done.Add(1)
+			if p.Progress != nil {
+				p.Progress(Progress{Done: int(n), Total: len(todo), NarBytes: narDone.Load(), Elapsed: time.Since(start)})
+			}
+		}()
+	}
+	wg.Wait()
+	if pe.first != nil {
+		return pushed, total, &pe
+	}
+	return pushed, total, nil
+}
+
+// put uploads one path under its lock. When another process held the lock, it may have pushed the
+// path meanwhile: ask again before uploading.
+func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploaded bool, err error) {
+	if p.LockDir != "" {
+		unlock, contended, err := lockPath(p.LockDir, in.Path)
+		if err != nil {
+			return Stats{}, false, err
+		}
+		defer unlock()
+		if contended {
+			missing, err := p.Backend.Missing(ctx, []nixstore.PathInfo{in})
+			if err != nil {
+				return Stats{}, false, fmt.Errorf("push %s: %w", in.Path, err)
+			}
+			if len(missing) == 0 {
+				return Stats{}, false, nil
+			}
+		}
+	}
+	st, err = p.Backend.Put(ctx, in, NarOf(in))
+	if err != nil {
+		return st, false, fmt.Errorf("push %s: %w", in.Path, err)
+	}
+	return st, true, nil
+}
+
+// lockPath takes the lock of one store path, waiting when another process holds it.
+func lockPath(dir, path string) (unlock func(), contended bool, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("make lock dir: %w", err)
+	}
+	name := filepath.Join(dir, strings.SplitN(filepath.Base(path), "-", 2)[0]+".lock")
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("open lock %s: %w", name, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		contended = true
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			f.Close()
+			return nil, false, fmt.Errorf("lock %s: %w", name, err)
+		}
+	}
+	return func() { f.Close() }, contended, nil
+}

@@ -1,0 +1,261 @@
+// Package nixstore reads the local Nix store through the nix command line: the path info of a
+// whole closure in one call, and the outputs of a derivation. It understands the JSON that
+// different Nix versions print.
+package nixstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+
+	"github.com/hearth-ci/hearth/cache/narinfo"
+)
+
+// Dir is the store directory.
+const Dir = "/nix/store"
+
+// PathInfo is what the store knows about one valid path.
+type PathInfo struct {
+	Path string
+	// NarHash is "sha256:<nix32>", whatever form Nix printed.
+	NarHash string
+	NarSize uint64
+	// References are full store paths, sorted.
+	References []string
+	// Deriver is a full store path, or "".
+	Deriver string
+	Sigs    []string
+	CA      string
+}
+
+// Store runs nix commands against one store.
+type Store struct {
+	// Env is the environment of the nix commands (nil: this process's). It selects the store:
+	// NIX_REMOTE, NIX_DAEMON_SOCKET_PATH.
+	Env []string
+}
+
+// Daemon returns a Store that talks to the nix-daemon listening on socket.
+func Daemon(socket string) *Store {
+	return &Store{Env: append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+socket)}
+}
+
+// Closure returns the path info of paths and of everything they reference, recursively.
+func (s *Store) Closure(ctx context.Context, paths []string) ([]PathInfo, error) {
+	return s.pathInfo(ctx, paths, true)
+}
+
+// Info returns the path info of paths alone.
+func (s *Store) Info(ctx context.Context, paths []string) ([]PathInfo, error) {
+	return s.pathInfo(ctx, paths, false)
+}
+
+func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	for _, p := range paths {
+		if err := checkStorePath(p); err != nil {
+			return nil, err
+		}
+	}
+	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
+	if recursive {
+		args = append(args, "--recursive")
+	}
+	out, err := s.run(ctx, "nix", append(args, paths...)...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseJSON(out)
+}
+
+// Outputs returns the output paths of a derivation.
+func (s *Store) Outputs(ctx context.Context, drv string) ([]string, error) {
+	if err := checkStorePath(drv); err != nil {
+		return nil, err
+	}
+	out, err := s.run(ctx, "nix-store", "--query", "--outputs", drv)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
+func (s *Store) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = s.Env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+func checkStorePath(p string) error {
+	rest, ok := strings.CutPrefix(p, Dir+"/")
+	if !ok || rest == "" || strings.Contains(rest, "/") {
+		return fmt.Errorf("%q is not a store path (/nix/store/<hash>-<name>)", p)
+	}
+	if _, err := narinfo.HashPart(rest); err != nil {
+		return fmt.Errorf("%q is not a store path: %w", p, err)
+	}
+	return nil
+}
+
+// jsonInfo is one path's entry in `nix path-info --json`, in any of the shapes Nix has printed:
+// narHash as "sha256:<nix32>", SRI "sha256-<base64>" or (Nix 2.33 and later) an object;
+// references and deriver as full paths or base names.
+type jsonInfo struct {
+	Path       string          `json:"path"`
+	Valid      *bool           `json:"valid"`
+	NarHash    json.RawMessage `json:"narHash"`
+	NarSize    uint64          `json:"narSize"`
+	References []string        `json:"references"`
+	Deriver    *string         `json:"deriver"`
+	Signatures []string        `json:"signatures"`
+	CA         json.RawMessage `json:"ca"`
+}
+
+// ParseJSON reads the output of `nix path-info --json`: an array of entries with "path" (Nix 2.18
+// and earlier, Lix) or an object keyed by path (Nix 2.19 and later). Invalid paths (an entry with
+// "valid": false, or null) are an error naming them.
+func ParseJSON(b []byte) ([]PathInfo, error) {
+	var entries []jsonInfo
+	trimmed := bytes.TrimSpace(b)
+	switch {
+	case bytes.HasPrefix(trimmed, []byte("[")):
+		if err := json.Unmarshal(trimmed, &entries); err != nil {
+			return nil, fmt.Errorf("parse nix path-info output: %w", err)
+		}
+	case bytes.HasPrefix(trimmed, []byte("{")):
+		var byPath map[string]*jsonInfo
+		if err := json.Unmarshal(trimmed, &byPath); err != nil {
+			return nil, fmt.Errorf("parse nix path-info output: %w", err)
+		}
+		for p, e := range byPath {
+			if e == nil {
+				f := false
+				e = &jsonInfo{Valid: &f}
+			}
+			e.Path = p
+			entries = append(entries, *e)
+		}
+	default:
+		return nil, fmt.Errorf("parse nix path-info output: expected a JSON array or object, got %.40q", trimmed)
+	}
+	var out []PathInfo
+	for _, e := range entries {
+		if e.Valid != nil && !*e.Valid {
+			return nil, fmt.Errorf("%s is not in the store", e.Path)
+		}
+		pi, err := e.info()
+		if err != nil {
+			return nil, fmt.Errorf("path info of %s: %w", e.Path, err)
+		}
+		out = append(out, pi)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+func (e jsonInfo) info() (PathInfo, error) {
+	if err := checkStorePath(e.Path); err != nil {
+		return PathInfo{}, err
+	}
+	hash, err := parseHash(e.NarHash)
+	if err != nil {
+		return PathInfo{}, err
+	}
+	if e.NarSize == 0 {
+		return PathInfo{}, fmt.Errorf("no narSize")
+	}
+	pi := PathInfo{Path: e.Path, NarHash: hash, NarSize: e.NarSize, Sigs: e.Signatures}
+	for _, r := range e.References {
+		pi.References = append(pi.References, fullPath(r))
+	}
+	sort.Strings(pi.References)
+	if e.Deriver != nil && *e.Deriver != "" {
+		pi.Deriver = fullPath(*e.Deriver)
+	}
+	if len(e.CA) > 0 && string(e.CA) != "null" {
+		var ca string
+		if err := json.Unmarshal(e.CA, &ca); err != nil {
+			// Newer Nix prints a structured content address; hearth passes only the string form
+			// through, and a structured one is not needed to push the path.
+			ca = ""
+		}
+		pi.CA = ca
+	}
+	return pi, nil
+}
+
+func parseHash(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", fmt.Errorf("no narHash")
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return narinfo.NormalizeHash(s)
+	}
+	var structured struct {
+		Algorithm string `json:"algorithm"`
+		Format    string `json:"format"`
+		Hash      string `json:"hash"`
+	}
+	if err := json.Unmarshal(raw, &structured); err != nil {
+		return "", fmt.Errorf("narHash %s is neither a string nor a hash object", raw)
+	}
+	if structured.Algorithm != "sha256" {
+		return "", fmt.Errorf("narHash uses %q, not sha256", structured.Algorithm)
+	}
+	switch structured.Format {
+	case "base64":
+		return narinfo.NormalizeHash("sha256-" + structured.Hash)
+	case "nix32", "base32", "base16", "":
+		return narinfo.NormalizeHash("sha256:" + structured.Hash)
+	}
+	return "", fmt.Errorf("narHash format %q is not known", structured.Format)
+}
+
+func fullPath(p string) string {
+	if strings.HasPrefix(p, "/") {
+		return p
+	}
+	return Dir + "/" + p
+}
+
+// Order returns infos with every path after the paths it references (those among infos), so
+// that a cache never holds a path whose references it lacks.
+func Order(infos []PathInfo) []PathInfo {
+	byPath := make(map[string]*PathInfo, len(infos))
+	for i := range infos {
+		byPath[infos[i].Path] = &infos[i]
+	}
+	seen := make(map[string]bool, len(infos))
+	out := make([]PathInfo, 0, len(infos))
+	var visit func(p *PathInfo)
+	visit = func(p *PathInfo) {
+		if seen[p.Path] {
+			return
+		}
+		seen[p.Path] = true
+		for _, r := range p.References {
+			if dep, ok := byPath[r]; ok && r != p.Path {
+				visit(dep)
+			}
+		}
+		out = append(out, *p)
+	}
+	for i := range infos {
+		visit(&infos[i])
+	}
+	return out
+}

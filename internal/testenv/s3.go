@@ -1,0 +1,157 @@
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// S3 is a versitygw S3 server on 127.0.0.1 with a posix directory behind it, and a recording proxy
+// in front of it that keeps the headers of every request, so tests can see what reached the server.
+type S3 struct {
+	// URL is the proxy's address (what clients use); Direct is versitygw's own.
+	URL, Direct string
+	// Dir is the posix root: DIR/BUCKET/KEY files, so DIR/BUCKET is a file:// binary cache.
+	Dir                  string
+	AccessKey, SecretKey string
+
+	port  string
+	cmd   *exec.Cmd
+	log   string
+	proxy *http.Server
+	mu    sync.Mutex
+	// headers holds the header names of every request the proxy passed on.
+	headers []http.Header
+}
+
+// VersityGW finds the versitygw binary: on PATH, or where `go install` puts it.
+func VersityGW() (string, error) {
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p, nil
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err == nil {
+		p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "versitygw")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("versitygw is not installed: run ./scripts/setup.sh (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+}
+
+// StartS3 starts versitygw with its data under dir.
+func StartS3(dir string) (*S3, error) {
+	s := &S3{Dir: filepath.Join(dir, "data"), AccessKey: "hearthtest", SecretKey: "hearthtestsecret", log: filepath.Join(dir, "versitygw.log")}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.port = ln.Addr().String()
+	ln.Close()
+	s.Direct = "http://" + s.port
+	if err := s.Restart(); err != nil {
+		return nil, err
+	}
+	target, _ := url.Parse(s.Direct)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		s.Kill()
+		return nil, err
+	}
+	s.URL = "http://" + pln.Addr().String()
+	s.proxy = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.headers = append(s.headers, r.Header.Clone())
+		s.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = s.proxy.Serve(pln) }()
+	return s, nil
+}
+
+// Restart starts versitygw (again) on the same port and data.
+func (s *S3) Restart() error {
+	gw, err := VersityGW()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(gw, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", s.port, "posix", s.Dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start versitygw: %w", err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("tcp", s.port)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			b, _ := os.ReadFile(s.log)
+			return fmt.Errorf("versitygw did not listen on %s: %s", s.port, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill stops versitygw at once, as a crash would.
+func (s *S3) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Close stops the proxy and the server.
+func (s *S3) Close() {
+	if s.proxy != nil {
+		_ = s.proxy.Close()
+	}
+	s.Kill()
+}
+
+// CreateBucket makes a bucket: with the posix backend a bucket is a directory of the root.
+func (s *S3) CreateBucket(name string) (string, error) {
+	p := filepath.Join(s.Dir, name)
+	return p, os.MkdirAll(p, 0o755)
+}
+
+// Headers returns the headers of every request that reached the server so far.
+func (s *S3) Headers() []http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]http.Header{}, s.headers...)
+}
+
+// WriteCredentials writes the access key id and secret to files under dir and returns their paths.
+func (s *S3) WriteCredentials(dir string) (idFile, secretFile string, err error) {
+	idFile, secretFile = filepath.Join(dir, "s3-access-key-id"), filepath.Join(dir, "s3-secret-access-key")
+	if err := os.WriteFile(idFile, []byte(s.AccessKey+"\n"), 0o600); err != nil {
+		return "", "", err
+	}
+	return idFile, secretFile, os.WriteFile(secretFile, []byte(s.SecretKey+"\n"), 0o600)
+}
