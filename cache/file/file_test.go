@@ -1,16 +1,22 @@
 package file_test
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/cachetest"
 	"github.com/hearth-ci/hearth/cache/file"
 	"github.com/hearth-ci/hearth/cache/narinfo"
 	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
 )
 
@@ -62,4 +68,74 @@ func readNarinfo(t *testing.T, dir, storePath string) *narinfo.NarInfo {
 		t.Fatal(err)
 	}
 	return ni
+}
+
+// recorder wraps a backend and notes when two Puts of the same path overlap.
+type recorder struct {
+	cache.Backend
+	mu       sync.Mutex
+	inFlight map[string]bool
+	puts     map[string]int
+	overlap  []string
+}
+
+func (r *recorder) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSource) (cache.Stats, error) {
+	r.mu.Lock()
+	if r.inFlight[info.Path] {
+		r.overlap = append(r.overlap, info.Path)
+	}
+	r.inFlight[info.Path] = true
+	r.puts[info.Path]++
+	r.mu.Unlock()
+	time.Sleep(50 * time.Millisecond) // widen the window in which a second pusher could collide
+	st, err := r.Backend.Put(ctx, info, src)
+	r.mu.Lock()
+	r.inFlight[info.Path] = false
+	r.mu.Unlock()
+	return st, err
+}
+
+// Concurrent pushers of one closure (the driver flushing while `hearth cache watch` drains) never
+// upload the same path at the same time, and upload each path once.
+func TestConcurrentPushersNeverPushAPathTwiceAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	b, err := file.New(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{Backend: b, inFlight: map[string]bool{}, puts: map[string]int{}}
+	chain, err := env.BuildChain(fmt.Sprint("concurrent-", time.Now().UnixNano()), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	locks := t.TempDir()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &cache.Pusher{Backend: rec, Store: nixstore.Daemon(env.NixSocket), Jobs: 2, LockDir: locks}
+			_, err := p.Push(context.Background(), []string{chain[len(chain)-1]}, true)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(rec.overlap) > 0 {
+		t.Fatalf("paths were uploaded twice at once: %v", rec.overlap)
+	}
+	for p, n := range rec.puts {
+		if n != 1 {
+			t.Errorf("%s was uploaded %d times", p, n)
+		}
+	}
+	if len(rec.puts) != len(chain) {
+		t.Fatalf("uploaded %d paths, want %d", len(rec.puts), len(chain))
+	}
 }

@@ -7,13 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/cachetest"
 	"github.com/hearth-ci/hearth/cache/narinfo"
 	"github.com/hearth-ci/hearth/cache/s3"
 	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
 )
 
@@ -112,5 +116,67 @@ func assertNoChecksumHeaders(t *testing.T) {
 				t.Fatalf("a request carried %s: %v", name, h)
 			}
 		}
+	}
+}
+
+// The S3 server dies in the middle of a push of several paths: the push reports the failure, no
+// narinfo in the bucket points at a NAR that is missing or wrong, and a later push completes.
+func TestServerKilledMidPush(t *testing.T) {
+	ctx := context.Background()
+	cfg, _ := newBucket(t)
+	cfg.MaxAttempts = 2
+	key, err := signing.Generate("hearth-s3-kill-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s3.New(ctx, cfg, &key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for i := 0; i < 6; i++ {
+		p, err := env.AddRandom(fmt.Sprintf("kill-%d-%d", time.Now().UnixNano(), i), 12<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	store := nixstore.Daemon(env.NixSocket)
+	pusher := &cache.Pusher{Backend: b, Store: store, Jobs: 1}
+	var once sync.Once
+	pusher.Pushed = func(nixstore.PathInfo, cache.Stats) {
+		// After the first path is in, the server dies with the next upload under way.
+		once.Do(func() { go func() { time.Sleep(50 * time.Millisecond); server.Kill() }() })
+	}
+	sum, err := pusher.Push(ctx, paths, false)
+	if err == nil {
+		t.Fatalf("the push succeeded although the server died: %+v", sum)
+	}
+	if sum.Pushed < 1 || sum.Pushed >= len(paths) {
+		t.Fatalf("the server died at the wrong time: %+v", sum)
+	}
+	t.Logf("push failed as expected after %d paths: %v", sum.Pushed, err)
+
+	if err := server.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Every narinfo that exists points at a complete, matching NAR, signed.
+	pub := key.Public()
+	n, problems, err := b.Verify(ctx, &pub, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) > 0 || n != sum.Pushed {
+		t.Fatalf("after the crash: %d narinfos, %d pushed, problems %v", n, sum.Pushed, problems)
+	}
+	sum2, err := pusher.Push(ctx, paths, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum2.Pushed+sum2.Present != len(paths) || sum2.Present != sum.Pushed {
+		t.Fatalf("the later push: %+v (the first pushed %d)", sum2, sum.Pushed)
+	}
+	if n, problems, err := b.Verify(ctx, &pub, nil); err != nil || n != len(paths) || len(problems) > 0 {
+		t.Fatalf("after the later push: %d narinfos, problems %v, %v", n, problems, err)
 	}
 }

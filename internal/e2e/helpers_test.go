@@ -100,3 +100,5 @@ func inContainer(pid int, id string) bool {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
 	return err == nil && strings.Contains(string(b), id)
 }
+
+func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }

@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	if s3server != nil {
+		s3server.Close()
+	}
 	env.Stop()
 	os.Exit(code)
 }

@@ -10,9 +10,9 @@ import (
 	"strings"
 )
 
-// BuildChain builds n derivations through the daemon, each referencing the one before, and
-// returns their outputs, the first built first. nonce makes them new to the store.
-func (e *Env) BuildChain(nonce string, n int) ([]string, error) {
+// ChainExpr is a Nix expression for n derivations, each referencing the one before; it evaluates
+// to a list of them. Derivations with the same nonce and index are the same derivation.
+func (e *Env) ChainExpr(nonce string, n int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n", e.Tools)
 	prev := ""
@@ -30,8 +30,14 @@ func (e *Env) BuildChain(nonce string, n int) ([]string, error) {
 		fmt.Fprintf(&b, " p%d", i)
 	}
 	b.WriteString(" ]\n")
+	return b.String()
+}
+
+// BuildChain builds ChainExpr(nonce, n) through the daemon, as root, and returns the outputs, the
+// first built first.
+func (e *Env) BuildChain(nonce string, n int) ([]string, error) {
 	f := filepath.Join(e.Dir, "chain-"+nonce+".nix")
-	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(f, []byte(e.ChainExpr(nonce, n)), 0o644); err != nil {
 		return nil, err
 	}
 	out, err := e.Nix("nix-build", "--no-out-link", f)

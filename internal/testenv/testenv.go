@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hearth-ci/hearth/cache/signing"
 	"net"
 	"os"
 	"os/exec"
@@ -34,6 +35,10 @@ type Env struct {
 	Tools, Environment string
 	// Hearth is the hearth binary built from this checkout.
 	Hearth string
+	// TeamCache is a file:// cache directory the daemon may substitute from when a client asks
+	// (it is among its trusted-substituters), and TeamKey the secret key file its narinfos are
+	// signed with (its public half is among the daemon's trusted-public-keys).
+	TeamCache, TeamKey string
 
 	procs []*exec.Cmd
 }
@@ -169,8 +174,21 @@ func (e *Env) startNixDaemon(extra string) error {
 	if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
 		return err
 	}
-	// No substituters: the machine is offline, and a build must not wait on DNS.
-	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = " + hook + "\n" + extra
+	e.TeamCache = filepath.Join(d, "team-cache")
+	if err := os.MkdirAll(e.TeamCache, 0o755); err != nil {
+		return err
+	}
+	key, err := signing.Generate("hearth-team-1")
+	if err != nil {
+		return err
+	}
+	e.TeamKey = filepath.Join(d, "team-key.secret")
+	if err := os.WriteFile(e.TeamKey, []byte(key.String()+"\n"), 0o600); err != nil {
+		return err
+	}
+	// No substituters by default: the machine is offline, and a build must not wait on DNS.
+	conf := fmt.Sprintf("sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = %s\n"+
+		"trusted-substituters = file://%s\ntrusted-public-keys = %s\n", hook, e.TeamCache, key.Public()) + extra
 	if err := os.WriteFile(filepath.Join(e.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}

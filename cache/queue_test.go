@@ -1,0 +1,98 @@
+package cache
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestQueueAddTakeDone(t *testing.T) {
+	q := Queue{Dir: filepath.Join(t.TempDir(), "queue")}
+	if err := q.Add([]string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b"}, "/nix/store/cccccccccccccccccccccccccccccccc-c.drv"); err != nil {
+		t.Fatal(err)
+	}
+	// Nix 2.8 leaves OUT_PATHS empty: the derivation is queued instead.
+	if err := q.Add(nil, "/nix/store/dddddddddddddddddddddddddddddddd-d.drv"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Add(nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Take()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Entries) != 2 || len(b.Corrupt) != 0 {
+		t.Fatalf("took %+v", b)
+	}
+	if got := b.Entries[0].Outputs; len(got) != 2 || b.Entries[0].Drv != "" {
+		t.Fatalf("first entry %+v: outputs named by Nix are what is queued", b.Entries[0])
+	}
+	if b.Entries[1].Drv != "/nix/store/dddddddddddddddddddddddddddddddd-d.drv" || len(b.Entries[1].Outputs) != 0 {
+		t.Fatalf("second entry %+v", b.Entries[1])
+	}
+	// A second drainer finds nothing to take while the first holds the entries.
+	b2, err := q.Take()
+	if err != nil || len(b2.Entries) != 0 {
+		t.Fatalf("a second drainer took %+v (%v)", b2, err)
+	}
+	b.Release()
+	b3, err := q.Take()
+	if err != nil || len(b3.Entries) != 2 {
+		t.Fatalf("after release: %+v (%v)", b3, err)
+	}
+	if err := b3.Done(); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(q.Dir, "*"))
+	if len(left) != 0 {
+		t.Fatalf("entries left after Done: %v", left)
+	}
+}
+
+func TestQueueCorruptEntriesStay(t *testing.T) {
+	q := Queue{Dir: t.TempDir()}
+	for name, content := range map[string]string{
+		"1-empty.paths":   "",
+		"2-header.paths":  "not a queue\n",
+		"3-garbage.paths": "hearth-queue 1\nout /nix/store/x y\n",
+		"4-kind.paths":    "hearth-queue 1\nbuilt /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a\n",
+	} {
+		if err := os.WriteFile(filepath.Join(q.Dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Add([]string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Take()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Entries) != 1 || len(b.Corrupt) != 4 {
+		t.Fatalf("entries %d, corrupt %v", len(b.Entries), b.Corrupt)
+	}
+	for _, c := range b.Corrupt {
+		if !strings.Contains(c.Error(), q.Dir) || !strings.Contains(c.Error(), "stays in the queue") {
+			t.Errorf("error does not name the entry and what happens to it: %v", c)
+		}
+	}
+	if err := b.Done(); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(q.Dir, "*.paths"))
+	if len(left) != 4 {
+		t.Fatalf("corrupt entries were dropped: %v", left)
+	}
+}
+
+func TestQueueBrokenDir(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Queue{Dir: f}).Add([]string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"}, ""); err == nil {
+		t.Fatal("queueing into a file succeeded")
+	}
+}

@@ -1,0 +1,315 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/internal/atticd"
+	"github.com/hearth-ci/hearth/internal/testenv"
+)
+
+var (
+	s3server *testenv.S3
+	s3once   sync.Once
+	s3err    error
+	buckets  int
+)
+
+// s3Bucket starts the S3 server on first use and makes a new bucket; it returns the [cache.s3]
+// table for it and the bucket's directory (a file:// cache Nix can read).
+func s3Bucket(t *testing.T, signingKey string) (string, string) {
+	t.Helper()
+	s3once.Do(func() { s3server, s3err = testenv.StartS3(filepath.Join(env.Dir, "s3")) })
+	if s3err != nil {
+		t.Fatal(s3err)
+	}
+	buckets++
+	name := fmt.Sprintf("e2e-%d", buckets)
+	dir, err := s3server.CreateBucket(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, secret, err := s3server.WriteCredentials(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("\n[cache.s3]\nbucket = %q\nendpoint = %q\naccess_key_id_file = %q\nsecret_access_key_file = %q\nsigning_key_file = %q\n",
+		name, s3server.URL, id, secret, signingKey), dir
+}
+
+// keyPair writes a new signing key and returns its file and public key.
+func keyPair(t *testing.T, name string) (string, string) {
+	t.Helper()
+	k, err := signing.Generate(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), name+".secret")
+	if err := os.WriteFile(f, []byte(k.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f, k.Public().String()
+}
+
+// buildJob is a job that builds a chain of n derivations and prints their outputs.
+func buildJob(nonce string, n int, extra string) string {
+	return fmt.Sprintf(`build:
+  script:
+    - |
+      cat > chain.nix <<'EOF'
+%s
+      EOF
+    - nix-build --no-out-link %s chain.nix
+%s`, indent(env.ChainExpr(nonce, n), "      "), extra, "")
+}
+
+var storePathRE = regexp.MustCompile(`/nix/store/[0-9a-z]{32}-chain-[0-9a-z-]+`)
+
+// builtPaths are the chain outputs a job log names on lines of their own (nix-build's output).
+func builtPaths(log, nonce string) []string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if storePathRE.MatchString(line) && strings.TrimSpace(line) == storePathRE.FindString(line) && strings.Contains(line, nonce) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
+}
+
+// A job builds paths and does nothing about caching; afterwards real Nix, with an empty store
+// that trusts only the cache's key, substitutes every one of them from each backend.
+func TestJobOutputsReachEachCache(t *testing.T) {
+	type backend struct {
+		name                          string
+		cacheKeys, tables             string
+		substituter, publicKey, shows string
+	}
+	fileKey, filePub := keyPair(t, "hearth-e2e-file-1")
+	fileDir := filepath.Join(t.TempDir(), "file-cache")
+	s3Key, s3Pub := keyPair(t, "hearth-e2e-s3-1")
+	s3Table, s3Dir := s3Bucket(t, s3Key)
+	srv, err := atticd.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	atticPub, err := srv.CreateCache("ci", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := filepath.Join(t.TempDir(), "attic-token")
+	if err := os.WriteFile(token, []byte(srv.Token(atticd.Permissions{Pattern: "ci", Pull: true, Push: true})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []backend{
+		{"file", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", fileDir, fileKey), "file://" + fileDir, filePub, "file://"},
+		{"s3", `backend = "s3"`, s3Table, "file://" + s3Dir, s3Pub, "s3://"},
+		{"attic", `backend = "attic"`, fmt.Sprintf("\n[cache.attic]\nendpoint = %q\ncache = \"ci\"\ntoken_file = %q\n", srv.URL, token), srv.URL + "ci", atticPub, "attic "},
+	} {
+		t.Run(b.name, func(t *testing.T) {
+			cfg := writeCacheConfig(t, "", b.cacheKeys, b.tables)
+			nonce := fmt.Sprintf("reach-%s-%d", b.name, time.Now().UnixNano())
+			res, log := runJob(t, cfg, buildJob(nonce, 2, ""), "build")
+			if res.State != "success" {
+				t.Fatalf("%s\n%s", res, log)
+			}
+			built := builtPaths(log, nonce)
+			if len(built) != 2 {
+				t.Fatalf("the job built %v, want 2 paths:\n%s", built, log)
+			}
+			if !strings.Contains(log, "Pushing what the job built to "+b.shows) {
+				t.Fatalf("no push section in the job log:\n%s", log)
+			}
+			for _, p := range built {
+				if !strings.Contains(log, "pushed "+p+" (") {
+					t.Fatalf("the job log does not show %s pushed:\n%s", p, log)
+				}
+				root, err := env.Substitute(b.substituter, b.publicKey, p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := os.Stat(root + p + "/bin/data"); err != nil {
+					t.Fatalf("substituted %s is incomplete: %v", p, err)
+				}
+			}
+		})
+	}
+}
+
+// Paths the daemon substituted from the cache are not pushed again: only what the job built is.
+func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
+	cfg := writeCacheConfig(t, "", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", env.TeamCache, env.TeamKey))
+	nonce := fmt.Sprint("subst-", time.Now().UnixNano())
+	// Two paths built on the host and pushed, then deleted from the store.
+	first, err := env.BuildChain(nonce, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runHearth(cfg, "cache", "push", first[1]); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	if _, err := env.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(first[0]); err == nil {
+		t.Fatal("the paths are still in the store")
+	}
+	// The job builds a third path on top: the daemon substitutes the first two from the cache.
+	res, log := runJob(t, cfg, buildJob(nonce, 3, "--option substituters file://"+env.TeamCache), "build")
+	if res.State != "success" {
+		t.Fatalf("%s\n%s", res, log)
+	}
+	for _, p := range first {
+		if !strings.Contains(log, "copying path '"+p+"' from 'file://") {
+			t.Fatalf("the daemon did not substitute %s:\n%s", p, log)
+		}
+		if strings.Contains(log, "pushed "+p+" (") {
+			t.Fatalf("%s was substituted and then pushed again:\n%s", p, log)
+		}
+	}
+	pushed := regexp.MustCompile(`\npushed (/nix/store/\S+) \(`).FindAllStringSubmatch(log, -1)
+	if len(pushed) != 1 || !strings.HasSuffix(pushed[0][1], nonce+"-2") || !strings.Contains(log, "Pushed 1 path ") {
+		t.Fatalf("the job should have pushed exactly the path it built, %s-2 (pushed %v):\n%s", nonce, pushed, log)
+	}
+}
+
+// runHearth runs the hearth binary with a config.
+func runHearth(cfg string, args ...string) (string, error) {
+	cmd := execCommand(env.Hearth, append([]string{"--config", cfg}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// A job cannot read the cache's token, signing key or S3 credentials: they stay on the host, even
+// while the driver uses them to push.
+func TestJobCannotReadCacheSecrets(t *testing.T) {
+	keyFile, _ := keyPair(t, "hearth-e2e-secret-1")
+	key, _ := os.ReadFile(keyFile)
+	s3Table, _ := s3Bucket(t, keyFile)
+	creds := regexp.MustCompile(`(access_key_id_file|secret_access_key_file) = "([^"]+)"`).FindAllStringSubmatch(s3Table, -1)
+	token := filepath.Join(t.TempDir(), "attic-token")
+	if err := os.WriteFile(token, []byte("attic-token-marker-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{keyFile: strings.TrimSpace(strings.SplitN(string(key), ":", 2)[1])[:24], token: "attic-token-marker"}
+	for _, c := range creds {
+		b, _ := os.ReadFile(c[2])
+		secrets[c[2]] = strings.TrimSpace(string(b))
+	}
+	tables := s3Table + fmt.Sprintf("\n[cache.attic]\nendpoint = \"http://127.0.0.1:1/\"\ncache = \"x\"\ntoken_file = %q\n", token)
+	cfg := writeCacheConfig(t, "", `backend = "s3"`, tables)
+	var probe strings.Builder
+	for file, marker := range secrets {
+		fmt.Fprintf(&probe, "    - if cat %q 2>/dev/null; then echo SECRET-FILE-READABLE; exit 1; fi\n", file)
+		fmt.Fprintf(&probe, "    - if grep -rqsF %q /builds /cache /tmp /root /etc /.hearth /nix/var /run; then echo SECRET-FOUND; exit 1; fi\n", marker)
+		fmt.Fprintf(&probe, "    - if cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -qF %q; then echo SECRET-IN-PROCESS; exit 1; fi\n", marker)
+	}
+	nonce := fmt.Sprint("secrets-", time.Now().UnixNano())
+	src := buildJob(nonce, 1, "") + "  after_script:\n" + probe.String() + "    - echo probe-done\n"
+	res, log := runJob(t, cfg, src, "build")
+	if res.State != "success" || !strings.Contains(log, "Pushing what the job built to s3://") {
+		t.Fatalf("%s\n%s", res, log)
+	}
+	if regexp.MustCompile(`\nSECRET-[A-Z-]+\n`).MatchString(log) || !strings.Contains(log, "\nprobe-done") {
+		t.Fatalf("the job could read a cache secret, or the probe did not run:\n%s", log)
+	}
+}
+
+// queueEntries lists the entries of the daemon's queue.
+func queueEntries(t *testing.T) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(env.QueueDir(), "*.paths"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A broken cache setup is a clear warning in the job log (or, when the cache is required, a system
+// failure), and nothing is dropped from the queue.
+func TestCacheErrorsKeepTheQueue(t *testing.T) {
+	srv, err := atticd.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if _, err := srv.CreateCache("ci", false); err != nil {
+		t.Fatal(err)
+	}
+	wrongToken := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(wrongToken, []byte("not-a-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noBucket, _ := s3Bucket(t, "")
+	noBucket = strings.Replace(noBucket, `bucket = "e2e-`, `bucket = "missing-`, 1)
+	tests := []struct {
+		name, cacheKeys, tables, want string
+	}{
+		{"wrong token", `backend = "attic"`, fmt.Sprintf("\n[cache.attic]\nendpoint = %q\ncache = \"ci\"\ntoken_file = %q\n", srv.URL, wrongToken),
+			"refused the token in " + wrongToken + " (401)"},
+		{"missing bucket", `backend = "s3"`, noBucket, `bucket "missing-`},
+		{"unreadable key file", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = \"/nonexistent/hearth.secret\"\n", t.TempDir()),
+			"/nonexistent/hearth.secret"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := writeCacheConfig(t, "", tc.cacheKeys, tc.tables)
+			nonce := fmt.Sprintf("broken-%d", time.Now().UnixNano())
+			res, log := runJob(t, cfg, buildJob(nonce, 1, ""), "build")
+			if res.State != "success" {
+				t.Fatalf("a push failure that is not required failed the job: %s\n%s", res, log)
+			}
+			if !strings.Contains(log, "WARNING: the binary cache push failed") || !strings.Contains(log, tc.want) {
+				t.Fatalf("the job log lacks a warning saying %q:\n%s", tc.want, log)
+			}
+			built := builtPaths(log, nonce)
+			if len(built) != 1 || !queued(t, built[0]) {
+				t.Fatalf("the built path %v is no longer queued", built)
+			}
+			// Required: the same failure fails the job, as the runner's fault.
+			cfg = writeCacheConfig(t, "", tc.cacheKeys+"\nrequired = true", tc.tables)
+			res, log = runJob(t, cfg, "j:\n  script: [\"true\"]\n", "j")
+			if res.FailureReason != "runner_system_failure" || !strings.Contains(log, tc.want) {
+				t.Fatalf("a required push failure: %+v\n%s", res, log)
+			}
+		})
+	}
+	t.Run("corrupt queue entry", func(t *testing.T) {
+		bad := filepath.Join(env.QueueDir(), "0-corrupt.paths")
+		if err := os.WriteFile(bad, []byte("hearth-queue 1\nout not-a-path\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(bad)
+		cfg := writeCacheConfig(t, "", "", "")
+		res, log := runJob(t, cfg, "j:\n  script: [\"true\"]\n", "j")
+		if res.State != "success" || !strings.Contains(log, "queue entry "+bad+" is corrupt: line 2") {
+			t.Fatalf("%s\n%s", res, log)
+		}
+		if _, err := os.Stat(bad); err != nil {
+			t.Fatal("the corrupt entry was dropped from the queue")
+		}
+	})
+}
+
+// queued reports whether a queue entry names path (or the derivation that built it).
+func queued(t *testing.T, path string) bool {
+	t.Helper()
+	drv, err := env.Nix("nix-store", "--query", "--deriver", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range queueEntries(t) {
+		b, _ := os.ReadFile(e)
+		if strings.Contains(string(b), path) || strings.Contains(string(b), drv) {
+			return true
+		}
+	}
+	return false
+}
