@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hearth cache keygen writes a key pair; cache push signs with it and reports progress as plain
+// lines when its output is not a terminal; cache verify passes the result and catches a NAR that
+// was changed afterwards; the Nix that trusts the public key substitutes what was pushed.
+func TestCacheCommands(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(env.Hearth, "cache", "keygen", "--dir", dir, "hearth-cli-1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	secret, pub := filepath.Join(dir, "hearth-cli-1.secret"), filepath.Join(dir, "hearth-cli-1.public")
+	if fi, err := os.Stat(secret); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret key file: %v %v", fi, err)
+	}
+	pubKey, err := os.ReadFile(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cacheDir := filepath.Join(dir, "cache")
+	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", cacheDir, secret))
+	chain, err := env.BuildChain(fmt.Sprint("cli-", time.Now().UnixNano()), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := chain[2]
+
+	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "push", "--no-closure", top).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^1/1 paths, `).Match(out) || !strings.Contains(string(out), "pushed 1 path") {
+		t.Fatalf("push --no-closure: %v\n%s", err, out)
+	}
+	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "push", top).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^2/2 paths, .*/s$`).Match(out) || !strings.Contains(string(out), "pushed 2 paths") || !strings.Contains(string(out), "1 already in the cache") {
+		t.Fatalf("push of the closure: %v\n%s", err, out)
+	}
+	if _, err := env.Substitute("file://"+cacheDir, strings.TrimSpace(string(pubKey)), top); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "3 narinfos checked") || !strings.Contains(string(out), "0 bad") {
+		t.Fatalf("verify of a sound cache: %v\n%s", err, out)
+	}
+	// Replace one NAR with another path's: the sizes and hashes no longer match.
+	nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*.nar.zst"))
+	if len(nars) != 3 {
+		t.Fatalf("%d NARs in the cache, want 3", len(nars))
+	}
+	b, err := os.ReadFile(nars[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(nars[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "1 bad") || !strings.Contains(string(out), "BAD ") {
+		t.Fatalf("verify did not catch a swapped NAR: %v\n%s", err, out)
+	}
+	// A wrong public key: every signature fails.
+	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify", "--public-key", "someone-else-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "3 bad") || !strings.Contains(string(out), "no signature by someone-else-1 verifies") {
+		t.Fatalf("verify with another key: %v\n%s", err, out)
+	}
+}
+
+// The post-build-hook exits 0 at once whatever happens, and says on stderr when it could not queue.
+func TestCacheHookNeverFails(t *testing.T) {
+	blocker := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	broken := writeCacheConfig(t, "", fmt.Sprintf("queue_dir = %q", blocker), "")
+	broken = strings.Replace(readFile(t, broken), fmt.Sprintf("queue_dir = %q\n", env.QueueDir()), "", 1)
+	brokenFile := filepath.Join(t.TempDir(), "broken.toml")
+	if err := os.WriteFile(brokenFile, []byte(broken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	good := t.TempDir()
+	goodCfg := filepath.Join(t.TempDir(), "good.toml")
+	if err := os.WriteFile(goodCfg, []byte(fmt.Sprintf("[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-x\"\n", good)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, cfg, outPaths, drv, stderr string
+		entries                          int
+	}{
+		{"outputs named", goodCfg, "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b", "/nix/store/cccccccccccccccccccccccccccccccc-c.drv", "", 1},
+		{"OUT_PATHS empty (Nix 2.8)", goodCfg, "", "/nix/store/cccccccccccccccccccccccccccccccc-c.drv", "", 2},
+		{"queue is a file", brokenFile, "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "", "were not queued", 0},
+		{"config missing", "/nonexistent/config.toml", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "", "were not queued", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(env.Hearth, "--config", tc.cfg, "cache", "hook")
+			cmd.Env = append(os.Environ(), "OUT_PATHS="+tc.outPaths, "DRV_PATH="+tc.drv)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			start := time.Now()
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("the hook failed: %v\n%s", err, stderr.String())
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("the hook took %s", d)
+			}
+			if tc.stderr != "" && !strings.Contains(stderr.String(), tc.stderr) {
+				t.Fatalf("stderr %q lacks %q", stderr.String(), tc.stderr)
+			}
+			if tc.entries > 0 {
+				m, _ := filepath.Glob(filepath.Join(good, "*.paths"))
+				if len(m) != tc.entries {
+					t.Fatalf("%d queue entries, want %d", len(m), tc.entries)
+				}
+			}
+		})
+	}
+	entries, _ := filepath.Glob(filepath.Join(good, "*.paths"))
+	var all string
+	for _, e := range entries {
+		all += readFile(t, e)
+	}
+	if !strings.Contains(all, "out /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b\n") || !strings.Contains(all, "drv /nix/store/cccccccccccccccccccccccccccccccc-c.drv\n") {
+		t.Fatalf("queue entries:\n%s", all)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
