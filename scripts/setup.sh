@@ -25,3 +25,10 @@ if ! command -v go >/dev/null; then
 		exit 1
 	fi
 fi
+# The S3 server the cache tests and benchmarks push to (it stands in for Backblaze B2), built from
+# the Go module proxy at a pinned version; the demo does not need it.
+export PATH=$PATH:$(go env GOPATH)/bin
+if [ "${HEARTH_NEED_S3:-}" = 1 ] && ! command -v versitygw >/dev/null; then
+	echo "building versitygw (the test S3 server); this takes a few minutes once"
+	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi

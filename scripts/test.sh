@@ -3,7 +3,7 @@
 # a private containerd and nix-daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+HEARTH_NEED_S3=1 source scripts/setup.sh
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "not gofmt-ed: $unformatted" >&2

@@ -3,13 +3,18 @@ package attic_test
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/attic"
 	"github.com/hearth-ci/hearth/cache/cachetest"
 	"github.com/hearth-ci/hearth/internal/atticd"
+	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
 )
 
@@ -67,4 +72,120 @@ func TestConformance(t *testing.T) {
 			},
 		}
 	})
+}
+
+// Refusals become sentences that say what is wrong: a token the server does not accept, a token
+// that may only pull, a cache that does not exist, a proxy's body limit.
+func TestRefusalsAreSentences(t *testing.T) {
+	ctx := context.Background()
+	srv, _, pushToken := server(t)
+	writeToken := func(tok string) string {
+		f := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if _, err := srv.CreateCache("private", false); err != nil {
+		t.Fatal(err)
+	}
+	bad := writeToken("not-a-token")
+	_, err := attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "private", TokenFile: bad})
+	if err == nil || !strings.Contains(err.Error(), "refused the token in "+bad+" (401)") {
+		t.Fatalf("bad token: %v", err)
+	}
+	pullOnly := writeToken(srv.Token(atticd.Permissions{Pattern: "*", Pull: true}))
+	b, err := attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "private", TokenFile: pullOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Missing(ctx, []nixstore.PathInfo{{Path: "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x"}})
+	if err == nil || !strings.Contains(err.Error(), "may not push to Attic cache \"private\" (403)") {
+		t.Fatalf("pull-only token: %v", err)
+	}
+	all := writeToken(srv.Token(atticd.Permissions{Pattern: "*", Pull: true, Push: true}))
+	_, err = attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "nosuch", TokenFile: all})
+	if err == nil || !strings.Contains(err.Error(), "has no cache \"nosuch\" (404)") {
+		t.Fatalf("missing cache: %v", err)
+	}
+	_, err = attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: filepath.Join(t.TempDir(), "absent")})
+	if err == nil || !strings.Contains(err.Error(), "read the Attic token") {
+		t.Fatalf("unreadable token file: %v", err)
+	}
+
+	b, err = attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: pushToken, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := env.AddRandom(fmt.Sprint("attic-413-", time.Now().UnixNano()), 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.MaxBody = 1 << 20
+	infos, err := nixstore.Daemon(env.NixSocket).Info(ctx, []string{big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Put(ctx, infos[0], cache.NarOf(infos[0]))
+	if err == nil || !strings.Contains(err.Error(), "larger than a proxy in front of the Attic server accepts (413)") {
+		t.Fatalf("413: %v", err)
+	}
+}
+
+// Metadata of 4 KiB or more travels in a preamble of the body, and missing paths are asked for in
+// batches; the references are sent sorted, so the server's signatures verify in Nix.
+func TestPreambleAndBatches(t *testing.T) {
+	ctx := context.Background()
+	srv, pub, token := server(t)
+	b, err := attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A path with 120 references: its metadata is over 4 KiB.
+	root, err := manyRefs(120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(env.NixSocket), Jobs: 4}
+	sum, err := p.Push(ctx, []string{root}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Pushed != 121 {
+		t.Fatalf("pushed %+v", sum)
+	}
+	if _, preambles, _ := srv.Counts(); preambles != 1 {
+		t.Fatalf("%d uploads used a preamble, want 1 (the root's)", preambles)
+	}
+	if _, err := env.Substitute(srv.URL+"ci", pub, root); err != nil {
+		t.Fatal(err)
+	}
+
+	var infos []nixstore.PathInfo
+	for i := 0; i < 2500; i++ {
+		h := fmt.Sprintf("%032d", i)
+		h = strings.NewReplacer("0", "a", "1", "b", "2", "c", "3", "d", "4", "f", "5", "g", "6", "h", "7", "i", "8", "j", "9", "k").Replace(h)
+		infos = append(infos, nixstore.PathInfo{Path: "/nix/store/" + h + "-x"})
+	}
+	_, _, before := srv.Counts()
+	missing, err := b.Missing(ctx, infos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, after := srv.Counts(); len(missing) != 2500 || after-before != 3 {
+		t.Fatalf("%d missing in %d calls, want 2500 in 3", len(missing), after-before)
+	}
+}
+
+// manyRefs builds a path that references n tiny paths.
+func manyRefs(n int) (string, error) {
+	stamp := time.Now().UnixNano()
+	var b strings.Builder
+	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n  leaf = i: derivation { name = \"leaf-%d-with-a-long-name-to-grow-the-metadata-${toString i}\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [\"-c\" \"echo ${toString i} > $out\"]; };\n", env.Tools, stamp)
+	fmt.Fprintf(&b, "in derivation { name = \"root-%d\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [\"-c\" \"echo $deps > $out\"];\n  deps = builtins.genList leaf %d; }\n", stamp, n)
+	f := filepath.Join(env.Dir, fmt.Sprintf("many-%d.nix", stamp))
+	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
+		return "", err
+	}
+	return env.Nix("nix-build", "--no-out-link", f)
 }

@@ -180,3 +180,27 @@ func TestServerKilledMidPush(t *testing.T) {
 		t.Fatalf("after the later push: %d narinfos, problems %v, %v", n, problems, err)
 	}
 }
+
+// A missing bucket, wrong credentials and unreadable credential files each say what is wrong.
+func TestOpenErrorsAreSentences(t *testing.T) {
+	ctx := context.Background()
+	cfg, _ := newBucket(t)
+	missing := cfg
+	missing.Bucket = "no-such-bucket"
+	if _, err := s3.Open(ctx, missing); err == nil || !strings.Contains(err.Error(), `bucket "no-such-bucket" does not exist at `+server.URL) {
+		t.Fatalf("missing bucket: %v", err)
+	}
+	wrong := cfg
+	wrong.SecretAccessKeyFile = filepath.Join(t.TempDir(), "wrong")
+	if err := os.WriteFile(wrong.SecretAccessKeyFile, []byte("not-the-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3.Open(ctx, wrong); err == nil || !strings.Contains(err.Error(), "refused the credentials") || !strings.Contains(err.Error(), "(403)") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	unreadable := cfg
+	unreadable.AccessKeyIDFile = "/nonexistent/key-id"
+	if _, err := s3.Open(ctx, unreadable); err == nil || !strings.Contains(err.Error(), "read the S3 access key id") || !strings.Contains(err.Error(), "/nonexistent/key-id") {
+		t.Fatalf("unreadable key file: %v", err)
+	}
+}

@@ -50,8 +50,9 @@ type Server struct {
 	mu     sync.Mutex
 	caches map[string]*cacheState
 	tokens map[string][]Permissions
-	// Uploads counts upload-path calls that stored a path.
-	Uploads int
+	// Uploads counts upload-path calls that stored a path; Preambles those whose metadata came in
+	// a preamble; MissingCalls the get-missing-paths calls.
+	Uploads, Preambles, MissingCalls int
 }
 
 type cacheState struct {
@@ -124,6 +125,13 @@ func (s *Server) Token(perms ...Permissions) string {
 	s.tokens[t] = perms
 	s.mu.Unlock()
 	return t
+}
+
+// Counts returns Uploads, Preambles and MissingCalls.
+func (s *Server) Counts() (uploads, preambles, missingCalls int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Uploads, s.Preambles, s.MissingCalls
 }
 
 // Paths lists the store paths a cache holds.
@@ -246,6 +254,7 @@ func (s *Server) missing(w http.ResponseWriter, r *http.Request) {
 	}
 	missing := []string{}
 	s.mu.Lock()
+	s.MissingCalls++
 	for _, h := range req.Hashes {
 		if !hashRE.MatchString(h) {
 			s.mu.Unlock()
@@ -288,6 +297,9 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			apiError(w, http.StatusBadRequest, "RequestError", "Upload info is too large")
 			return
 		}
+		s.mu.Lock()
+		s.Preambles++
+		s.mu.Unlock()
 		raw = make([]byte, n)
 		if _, err := io.ReadFull(body, raw); err != nil {
 			apiError(w, http.StatusBadRequest, "RequestError", "Failed to read the preamble")

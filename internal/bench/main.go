@@ -24,10 +24,12 @@ import (
 )
 
 func main() {
-	runs := flag.Int("runs", 9, "runs of each measurement; medians are reported")
+	runs := flag.Int("runs", 9, "runs of each job measurement; medians are reported")
 	builds := flag.Int("builds", 3, "first/second build pairs")
+	cacheRuns := flag.Int("cache-runs", 3, "runs of each cache measurement")
+	only := flag.String("only", "", `"job" or "cache": run only those benchmarks`)
 	flag.Parse()
-	if err := run(*runs, *builds); err != nil {
+	if err := run(*runs, *builds, *cacheRuns, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -41,12 +43,24 @@ func median(ds []time.Duration) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
-func run(runs, builds int) error {
+func run(runs, builds, cacheRuns int, only string) error {
 	env, err := testenv.Start(testenv.Options{})
 	if err != nil {
 		return err
 	}
 	defer env.Stop()
+	if only != "cache" {
+		if err := benchJob(env, runs, builds); err != nil {
+			return err
+		}
+	}
+	if only != "job" {
+		return benchCache(env, cacheRuns)
+	}
+	return nil
+}
+
+func benchJob(env *testenv.Env, runs, builds int) error {
 	cfg, err := env.WriteConfig("", "", "")
 	if err != nil {
 		return err

@@ -186,11 +186,9 @@ func (e jsonInfo) info() (PathInfo, error) {
 		pi.Deriver = fullPath(*e.Deriver)
 	}
 	if len(e.CA) > 0 && string(e.CA) != "null" {
-		var ca string
-		if err := json.Unmarshal(e.CA, &ca); err != nil {
-			// Newer Nix prints a structured content address; hearth passes only the string form
-			// through, and a structured one is not needed to push the path.
-			ca = ""
+		ca, err := parseCA(e.CA)
+		if err != nil {
+			return PathInfo{}, err
 		}
 		pi.CA = ca
 	}
@@ -211,18 +209,43 @@ func parseHash(raw json.RawMessage) (string, error) {
 		Hash      string `json:"hash"`
 	}
 	if err := json.Unmarshal(raw, &structured); err != nil {
-		return "", fmt.Errorf("narHash %s is neither a string nor a hash object", raw)
+		return "", fmt.Errorf("hash %s is neither a string nor a hash object", raw)
 	}
 	if structured.Algorithm != "sha256" {
-		return "", fmt.Errorf("narHash uses %q, not sha256", structured.Algorithm)
+		return "", fmt.Errorf("hash uses %q, not sha256", structured.Algorithm)
 	}
 	switch structured.Format {
-	case "base64":
+	case "base64", "sri":
 		return narinfo.NormalizeHash("sha256-" + structured.Hash)
-	case "nix32", "base32", "base16", "":
+	case "nix32", "base32", "base16", "hex":
 		return narinfo.NormalizeHash("sha256:" + structured.Hash)
 	}
-	return "", fmt.Errorf("narHash format %q is not known", structured.Format)
+	return "", fmt.Errorf("hash format %q is not known", structured.Format)
+}
+
+// parseCA returns a content address in the form narinfo files use ("fixed:r:sha256:<nix32>"),
+// from Nix's string or (Nix 2.33 and later) structured form.
+func parseCA(raw json.RawMessage) (string, error) {
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, nil
+	}
+	var structured struct {
+		Method string          `json:"method"`
+		Hash   json.RawMessage `json:"hash"`
+	}
+	if err := json.Unmarshal(raw, &structured); err != nil {
+		return "", fmt.Errorf("ca %s is neither a string nor a content-address object", raw)
+	}
+	hash, err := parseHash(structured.Hash)
+	if err != nil {
+		return "", fmt.Errorf("ca: %w", err)
+	}
+	prefix, ok := map[string]string{"text": "text:", "flat": "fixed:", "nar": "fixed:r:", "git": "fixed:git:"}[structured.Method]
+	if !ok {
+		return "", fmt.Errorf("ca method %q is not known", structured.Method)
+	}
+	return prefix + hash, nil
 }
 
 func fullPath(p string) string {
