@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/hearth-ci/hearth/cache/signing"
 	"github.com/hearth-ci/hearth/internal/atticd"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/runner"
 )
 
 var (
@@ -312,4 +314,58 @@ func queued(t *testing.T, path string) bool {
 		}
 	}
 	return false
+}
+
+// push = "protected" reads the job payload: a job variable claiming a protected ref changes nothing.
+func TestPushOnlyFromProtectedRefs(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeCacheConfig(t, "", `push = "protected"`, fmt.Sprintf("\n[cache.file]\ndir = %q\n", dir))
+	for _, protected := range []bool{false, true} {
+		nonce := fmt.Sprintf("protected-%v-%d", protected, time.Now().UnixNano())
+		var log syncBuffer
+		src := buildJob(nonce, 1, "") + "  variables:\n    CI_COMMIT_REF_PROTECTED: \"true\"\n"
+		opts := jobOptions(t, cfg, src, "build", &log)
+		opts.Protected = protected
+		res := runner.New(opts).Run(context.Background())
+		if res.State != "success" {
+			t.Fatalf("%s\n%s", res, log.String())
+		}
+		pushed := strings.Contains(log.String(), "Pushing what the job built")
+		if pushed != protected {
+			t.Fatalf("protected=%v (the variable says true): pushed=%v\n%s", protected, pushed, log.String())
+		}
+		if !protected && !strings.Contains(log.String(), "Not pushing to the binary cache: main is not a protected ref") {
+			t.Fatalf("the log does not say why nothing was pushed:\n%s", log.String())
+		}
+	}
+}
+
+// hearth cache watch pushes what the daemon builds, without any job, and empties the queue.
+func TestCacheWatch(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n", dir))
+	watch := execCommand(env.Hearth, "--config", cfg, "cache", "watch", "--interval", "200ms")
+	var logs syncBuffer
+	watch.Stdout, watch.Stderr = &logs, &logs
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
+	built, err := env.BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "cache watch to push the built paths", 30*time.Second, func() bool {
+		for _, p := range built {
+			h := strings.SplitN(filepath.Base(p), "-", 2)[0]
+			if _, err := os.Stat(filepath.Join(dir, h+".narinfo")); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "the queue to empty", 10*time.Second, func() bool { return len(queueEntries(t)) == 0 })
+	if !strings.Contains(logs.String(), "msg=pushed") {
+		t.Fatalf("watch logged nothing about the push:\n%s", logs.String())
+	}
 }
