@@ -194,20 +194,22 @@ func Drain(ctx context.Context, q Queue, p *Pusher) (DrainResult, error) {
 			}
 		}
 	}
+	var drvs []string
 	for _, e := range b.Entries {
 		add(e.Outputs...)
 		if e.Drv != "" {
 			if _, err := os.Stat(e.Drv); err != nil {
 				continue // the derivation was collected, and its outputs cannot be named any more
 			}
-			outs, err := p.Store.Outputs(ctx, e.Drv)
-			if err != nil {
-				b.Release()
-				return res, fmt.Errorf("outputs of %s (queue entry %s): %w", e.Drv, e.Path, err)
-			}
-			add(outs...)
+			drvs = append(drvs, e.Drv)
 		}
 	}
+	outs, err := p.Store.Outputs(ctx, drvs...)
+	if err != nil {
+		b.Release()
+		return res, fmt.Errorf("outputs of the queued derivations: %w", err)
+	}
+	add(outs...)
 	res.Summary, err = p.Push(ctx, paths, true)
 	if err != nil {
 		b.Release()

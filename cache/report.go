@@ -91,7 +91,8 @@ func (f *Flusher) Flush(ctx context.Context, log io.Writer) error {
 		fmt.Fprintln(log, "nothing was waiting to be pushed")
 		return nil
 	}
-	fmt.Fprintln(log, strings.ToUpper(res.Summary.String()[:1])+res.Summary.String()[1:])
+	line := res.Summary.String()
+	fmt.Fprintln(log, strings.ToUpper(line[:1])+line[1:])
 	return err
 }
 

@@ -28,6 +28,12 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if err := ValidateID(job.ID); err != nil {
 		return err
 	}
+	if sock := e.agentSocket(job.ID); len(sock) > 107 {
+		return fmt.Errorf("the agent socket path %s is longer than a unix socket allows (107 bytes): choose a shorter [jobs] state_dir", sock)
+	}
+	if _, err := os.Stat(e.cfg.Nix.DaemonSocket); err != nil {
+		return fmt.Errorf("nix-daemon socket %s ([nix] daemon_socket) is missing: is nix-daemon running? %w", e.cfg.Nix.DaemonSocket, err)
+	}
 	client, err := e.connect(ctx)
 	if err != nil {
 		return err
@@ -35,25 +41,8 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if err := e.Cleanup(ctx, job.ID); err != nil {
 		return fmt.Errorf("remove leftovers of an earlier attempt: %w", err)
 	}
-	if sock := e.agentSocket(job.ID); len(sock) > 107 {
-		return fmt.Errorf("the agent socket path %s is longer than a unix socket allows (107 bytes): choose a shorter [jobs] state_dir", sock)
-	}
 	ctx = e.ctx(ctx)
 	created := time.Now().UTC()
-
-	// Record the job before creating anything, so that an interrupted prepare leaves state that
-	// cleanup and gc can follow.
-	jobDir := e.jobDir(job.ID)
-	if err := os.MkdirAll(filepath.Dir(jobDir), 0o755); err != nil {
-		return fmt.Errorf("make state dir: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Join(jobDir, "agent"), 0o700); err != nil {
-		return fmt.Errorf("make job dir: %w", err)
-	}
-	st := state{ID: job.ID, Created: created}
-	if err := e.writeState(st); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			if cerr := e.Cleanup(context.WithoutCancel(ctx), job.ID); cerr != nil {
@@ -61,105 +50,17 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 			}
 		}
 	}()
-	uid := e.cfg.Jobs.UIDMapStart
-	if err := os.Chown(filepath.Join(jobDir, "agent"), int(uid), int(uid)); err != nil {
-		return fmt.Errorf("hand the agent dir to the job's uid: %w", err)
-	}
-
-	buildsDir, claim, err := e.claimBuildsDir(job.ID, job.Runner, job.Project)
+	dirs, err := e.hostDirs(job, created)
 	if err != nil {
 		return err
 	}
-	st.Claim = claim
-	if err := e.writeState(st); err != nil {
-		return err
-	}
-	cacheDir := filepath.Join(e.cfg.Jobs.CacheRoot, pathPart(job.Runner), pathPart(job.Project))
-	for _, d := range []string{buildsDir, cacheDir} {
-		if err := ownedDir(d, uid); err != nil {
-			return fmt.Errorf("prepare %s: %w", d, err)
-		}
-	}
-	bin, err := e.binary()
+	opts, err := e.containerOptions(ctx, client, job, dirs, created, log)
 	if err != nil {
 		return err
 	}
-
-	labels := map[string]string{
-		LabelJob:         job.Job,
-		LabelRunner:      job.Runner,
-		LabelProject:     job.Project,
-		LabelCreated:     created.Format(time.RFC3339),
-		LabelEnvironment: job.Env.Name,
-	}
-	specOpts := []oci.SpecOpts{oci.WithDefaultUnixDevices}
-	containerOpts := []containerd.NewContainerOpts{containerd.WithContainerLabels(labels)}
-	env := []string{"HOME=/root", "USER=root", "NIX_REMOTE=daemon"}
-	switch {
-	case job.Env.StorePath != "":
-		if _, err := os.Stat(job.Env.StorePath); err != nil {
-			return envError(job.Env, fmt.Errorf("environment %s: store path %s is not in the store (build it on this host, or fix store_path): %w", job.Env.Name, job.Env.StorePath, err))
-		}
-		root, err := e.skeleton(job.Env)
-		if err != nil {
-			return err
-		}
-		specOpts = append(specOpts, oci.WithRootFSPath(root), oci.WithRootFSReadonly())
-		env = append(env, "PATH="+job.Env.StorePath+"/bin")
-	case job.Env.Image != "":
-		img, err := e.ensureImage(ctx, client, job.Env, job.Credentials, log)
-		if err != nil {
-			return err
-		}
-		idmap := e.idMap()
-		specOpts = append(specOpts, oci.WithImageConfig(img), oci.WithUIDGID(0, 0))
-		containerOpts = append(containerOpts, containerd.WithImage(img),
-			containerd.WithUserNSRemappedSnapshot(job.ID, img, idmap, idmap))
-	default:
-		return fmt.Errorf("environment %s has neither store_path nor image", job.Env.Name)
-	}
-
-	mounts := []specs.Mount{
-		{Destination: "/nix/store", Type: "bind", Source: "/nix/store", Options: []string{"rbind", "ro", "nosuid", "nodev"}},
-		{Destination: daemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
-		{Destination: agentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
-		{Destination: agentDir, Type: "bind", Source: filepath.Join(jobDir, "agent"), Options: []string{"bind", "rw"}},
-		{Destination: containerBuilds, Type: "bind", Source: buildsDir, Options: []string{"rbind", "rw"}},
-		{Destination: containerCache, Type: "bind", Source: cacheDir, Options: []string{"rbind", "rw"}},
-		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
-		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
-	}
-	if _, err := os.Stat(e.cfg.Nix.DaemonSocket); err != nil {
-		return fmt.Errorf("nix-daemon socket %s ([nix] daemon_socket) is missing: is nix-daemon running? %w", e.cfg.Nix.DaemonSocket, err)
-	}
-	for _, m := range job.Env.Mounts {
-		mounts = append(mounts, specs.Mount{Destination: m.Container, Type: "bind", Source: m.Host, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
-	}
-	if e.cfg.Jobs.Network == "host" {
-		// In a user namespace sysfs can only be mounted by the owner of the network namespace,
-		// which the host's is not; a read-only bind of the host's /sys shows the same thing.
-		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithoutMounts("/sys"),
-			oci.WithHostHostsFile, oci.WithHostResolvconf)
-		mounts = append(mounts, specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
-	}
-	idmap := e.idMap()
-	specOpts = append(specOpts,
-		oci.WithMounts(mounts),
-		oci.WithUserNamespace(idmap, idmap),
-		oci.WithHostname(hostname(job.ID)),
-		oci.WithProcessArgs(agentBinary, "agent", "--socket", agentDir+"/"+agentSocketName,
-			"--stop-timeout", e.cfg.Jobs.StopTimeout.Std().String(), "--job", job.ID),
-		oci.WithProcessCwd("/"),
-		oci.WithEnv(env),
-		oci.WithNoNewPrivileges,
-		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"}),
-		// Last: the profile admits syscalls according to the capabilities left.
-		seccomp.WithDefaultProfile(),
-	)
-	containerOpts = append(containerOpts, containerd.WithNewSpec(specOpts...))
-
+	jobDir := e.jobDir(job.ID)
 	fmt.Fprintf(log, "Starting job container %s (environment %s)\n", job.ID, job.Env.Name)
-	ctr, err := client.NewContainer(ctx, job.ID, containerOpts...)
+	ctr, err := client.NewContainer(ctx, job.ID, opts...)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", job.ID, err)
 	}
@@ -175,6 +76,127 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 		return envError(job.Env, fmt.Errorf("start task %s: %w", job.ID, err))
 	}
 	return e.awaitAgent(ctx, job, exited)
+}
+
+// jobDirs are the host directories of one job.
+type jobDirs struct {
+	agent, builds, cache string
+}
+
+// hostDirs records the job's state before anything else is made, so that an interrupted prepare
+// leaves state that cleanup and gc can follow; then it claims a builds dir and makes the dirs the
+// container mounts, owned by the container's root.
+func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
+	var d jobDirs
+	jobDir := e.jobDir(job.ID)
+	d.agent = filepath.Join(jobDir, "agent")
+	if err := os.MkdirAll(filepath.Dir(jobDir), 0o755); err != nil {
+		return d, fmt.Errorf("make state dir: %w", err)
+	}
+	if err := os.MkdirAll(d.agent, 0o700); err != nil {
+		return d, fmt.Errorf("make job dir: %w", err)
+	}
+	st := state{ID: job.ID, Created: created}
+	if err := e.writeState(st); err != nil {
+		return d, err
+	}
+	uid := e.cfg.Jobs.UIDMapStart
+	if err := os.Chown(d.agent, int(uid), int(uid)); err != nil {
+		return d, fmt.Errorf("hand the agent dir to the job's uid: %w", err)
+	}
+	var err error
+	d.builds, st.Claim, err = e.claimBuildsDir(job.ID, job.Runner, job.Project)
+	if err != nil {
+		return d, err
+	}
+	if err := e.writeState(st); err != nil {
+		return d, err
+	}
+	d.cache = filepath.Join(e.cfg.Jobs.CacheRoot, pathPart(job.Runner), pathPart(job.Project))
+	for _, dir := range []string{d.builds, d.cache} {
+		if err := ownedDir(dir, uid); err != nil {
+			return d, fmt.Errorf("prepare %s: %w", dir, err)
+		}
+	}
+	return d, nil
+}
+
+// containerOptions describes the job's container: its root (the skeleton, or the image's root
+// remapped to the user namespace), its mounts, its user namespace, network and limits, and the
+// agent as its process.
+func (e *Executor) containerOptions(ctx context.Context, client *containerd.Client, job JobSpec, dirs jobDirs, created time.Time, log io.Writer) ([]containerd.NewContainerOpts, error) {
+	bin, err := e.binary()
+	if err != nil {
+		return nil, err
+	}
+	labels := map[string]string{
+		LabelJob:         job.Job,
+		LabelRunner:      job.Runner,
+		LabelProject:     job.Project,
+		LabelCreated:     created.Format(time.RFC3339),
+		LabelEnvironment: job.Env.Name,
+	}
+	idmap := e.idMap()
+	specOpts := []oci.SpecOpts{oci.WithDefaultUnixDevices}
+	containerOpts := []containerd.NewContainerOpts{containerd.WithContainerLabels(labels)}
+	env := []string{"HOME=/root", "USER=root", "NIX_REMOTE=daemon"}
+	switch {
+	case job.Env.StorePath != "":
+		if _, err := os.Stat(job.Env.StorePath); err != nil {
+			return nil, envError(job.Env, fmt.Errorf("environment %s: store path %s is not in the store (build it on this host, or fix store_path): %w", job.Env.Name, job.Env.StorePath, err))
+		}
+		root, err := e.skeleton(job.Env)
+		if err != nil {
+			return nil, err
+		}
+		specOpts = append(specOpts, oci.WithRootFSPath(root), oci.WithRootFSReadonly())
+		env = append(env, "PATH="+job.Env.StorePath+"/bin")
+	case job.Env.Image != "":
+		img, err := e.ensureImage(ctx, client, job.Env, job.Credentials, log)
+		if err != nil {
+			return nil, err
+		}
+		specOpts = append(specOpts, oci.WithImageConfig(img), oci.WithUIDGID(0, 0))
+		containerOpts = append(containerOpts, containerd.WithImage(img),
+			containerd.WithUserNSRemappedSnapshot(job.ID, img, idmap, idmap))
+	default:
+		return nil, fmt.Errorf("environment %s has neither store_path nor image", job.Env.Name)
+	}
+
+	mounts := []specs.Mount{
+		{Destination: "/nix/store", Type: "bind", Source: "/nix/store", Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: daemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
+		{Destination: agentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
+		{Destination: agentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
+		{Destination: containerBuilds, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
+		{Destination: containerCache, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
+	}
+	for _, m := range job.Env.Mounts {
+		mounts = append(mounts, specs.Mount{Destination: m.Container, Type: "bind", Source: m.Host, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	if e.cfg.Jobs.Network == "host" {
+		// In a user namespace sysfs can only be mounted by the owner of the network namespace,
+		// which the host's is not; a read-only bind of the host's /sys shows the same thing.
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithoutMounts("/sys"),
+			oci.WithHostHostsFile, oci.WithHostResolvconf)
+		mounts = append(mounts, specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+	}
+	specOpts = append(specOpts,
+		oci.WithMounts(mounts),
+		oci.WithUserNamespace(idmap, idmap),
+		oci.WithHostname(hostname(job.ID)),
+		oci.WithProcessArgs(agentBinary, "agent", "--socket", agentDir+"/"+agentSocketName,
+			"--stop-timeout", e.cfg.Jobs.StopTimeout.Std().String(), "--job", job.ID),
+		oci.WithProcessCwd("/"),
+		oci.WithEnv(env),
+		oci.WithNoNewPrivileges,
+		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"}),
+		// Last: the profile admits syscalls according to the capabilities left.
+		seccomp.WithDefaultProfile(),
+	)
+	return append(containerOpts, containerd.WithNewSpec(specOpts...)), nil
 }
 
 // awaitAgent waits until the agent answers a ping and says the environment can run stages.

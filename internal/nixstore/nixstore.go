@@ -75,12 +75,17 @@ func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([
 	return ParseJSON(out)
 }
 
-// Outputs returns the output paths of a derivation.
-func (s *Store) Outputs(ctx context.Context, drv string) ([]string, error) {
-	if err := checkStorePath(drv); err != nil {
-		return nil, err
+// Outputs returns the output paths of derivations, in one call.
+func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
+	if len(drvs) == 0 {
+		return nil, nil
 	}
-	out, err := s.run(ctx, "nix-store", "--query", "--outputs", drv)
+	for _, d := range drvs {
+		if err := checkStorePath(d); err != nil {
+			return nil, err
+		}
+	}
+	out, err := s.run(ctx, "nix-store", append([]string{"--query", "--outputs"}, drvs...)...)
 	if err != nil {
 		return nil, err
 	}
