@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,8 +20,8 @@ type Pusher struct {
 	Store   *nixstore.Store
 	// Jobs is how many paths are uploaded at once (default 4).
 	Jobs int
-	// LockDir, when set, holds a lock file per path, so that pushers in different processes
-	// never upload the same path at the same time.
+	// LockDir, when set, holds the locks that keep pushers (in this process or others) from
+	// uploading the same path at the same time.
 	LockDir string
 	// Progress, when set, is called after each path with the totals so far.
 	Progress func(Progress)
@@ -246,12 +245,18 @@ func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploa
 	return st, true, nil
 }
 
-// lockPath takes the lock of one store path, waiting when another process holds it.
+// lockPath takes the lock of one store path, waiting when another pusher holds it. Paths share
+// 1024 lock files by the first two characters of their hash, so the lock dir stays small however
+// many paths pass through it; two paths that share a lock merely take turns.
 func lockPath(dir, path string) (unlock func(), contended bool, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("make lock dir: %w", err)
 	}
-	name := filepath.Join(dir, strings.SplitN(filepath.Base(path), "-", 2)[0]+".lock")
+	hash := filepath.Base(path)
+	if len(hash) > 2 {
+		hash = hash[:2]
+	}
+	name := filepath.Join(dir, hash+".lock")
 	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, false, fmt.Errorf("open lock %s: %w", name, err)

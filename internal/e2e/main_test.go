@@ -35,12 +35,27 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e: cannot start the test environment: %v\n", err)
 		os.Exit(1)
 	}
+	if out, err := env.Ctr(context.Background(), "default", "version"); err == nil {
+		// Which daemon the tests ran against goes in the log: Debian's 1.6, or the one
+		// HEARTH_TEST_CONTAINERD names.
+		fmt.Printf("e2e: containerd server %s\n", serverVersion(out))
+	}
 	code := m.Run()
 	if s3server != nil {
 		s3server.Close()
 	}
 	env.Stop()
 	os.Exit(code)
+}
+
+func serverVersion(ctrVersion string) string {
+	_, server, _ := strings.Cut(ctrVersion, "Server:")
+	for _, line := range strings.Split(server, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Version:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
 }
 
 // syncBuffer is a job log that can be read while the job writes it.

@@ -147,7 +147,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err := os.WriteFile(filepath.Join(d, "config.toml"), []byte(cfg), 0o644); err != nil {
 		return err
 	}
-	if err := e.spawn(filepath.Join(d, "containerd.log"), nil, "containerd", "--config", filepath.Join(d, "config.toml")); err != nil {
+	// HEARTH_TEST_CONTAINERD names a directory with another containerd and its shim (a 2.x
+	// build, say): the tests then run against that daemon instead of Debian's 1.6.
+	environ := os.Environ()
+	bin := "containerd"
+	if alt := os.Getenv("HEARTH_TEST_CONTAINERD"); alt != "" {
+		bin = filepath.Join(alt, "containerd")
+		environ = append(environ, "PATH="+alt+":"+os.Getenv("PATH"))
+	}
+	if err := e.spawn(filepath.Join(d, "containerd.log"), environ, bin, "--config", filepath.Join(d, "config.toml")); err != nil {
 		return err
 	}
 	return waitSocket(e.ContainerdSocket, 20*time.Second)
