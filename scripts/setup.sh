@@ -7,7 +7,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "run this as root: containerd, user namespaces and nix-daemon need it" >&2
 	exit 1
 fi
-packages=(containerd runc nix-bin busybox-static bash-static iproute2 ca-certificates)
+packages=(containerd runc nix-bin busybox-static bash-static ca-certificates time git)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
