@@ -47,6 +47,12 @@ type Summary struct {
 	Elapsed               time.Duration
 }
 
+// add sums two summaries of pushes made one after the other.
+func (s Summary) add(o Summary) Summary {
+	return Summary{Paths: s.Paths + o.Paths, Pushed: s.Pushed + o.Pushed, Present: s.Present + o.Present, Gone: s.Gone + o.Gone,
+		NarBytes: s.NarBytes + o.NarBytes, FileBytes: s.FileBytes + o.FileBytes, Elapsed: s.Elapsed + o.Elapsed}
+}
+
 // Push uploads paths (with their closures when closure is set) that the cache lacks, each after
 // the paths it references. It returns what it did even when it fails part-way; paths whose upload
 // or whose dependencies' upload failed are not in the cache afterwards.
@@ -223,7 +229,7 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 // path meanwhile: ask again before uploading.
 func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploaded bool, err error) {
 	if p.LockDir != "" {
-		unlock, contended, err := lockPath(p.LockDir, in.Path)
+		unlock, contended, err := lockPath(ctx, p.LockDir, in.Path)
 		if err != nil {
 			return Stats{}, false, err
 		}
@@ -248,7 +254,7 @@ func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploa
 // lockPath takes the lock of one store path, waiting when another pusher holds it. Paths share
 // 1024 lock files by the first two characters of their hash, so the lock dir stays small however
 // many paths pass through it; two paths that share a lock merely take turns.
-func lockPath(dir, path string) (unlock func(), contended bool, err error) {
+func lockPath(ctx context.Context, dir, path string) (unlock func(), contended bool, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("make lock dir: %w", err)
 	}
@@ -263,9 +269,9 @@ func lockPath(dir, path string) (unlock func(), contended bool, err error) {
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		contended = true
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		if err := lockWaiting(ctx, f); err != nil {
 			f.Close()
-			return nil, false, fmt.Errorf("lock %s: %w", name, err)
+			return nil, false, fmt.Errorf("wait for lock %s: %w", name, err)
 		}
 	}
 	return func() { f.Close() }, contended, nil

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hearth-ci/hearth/internal/nixstore"
 )
 
 // Queue is the directory the post-build-hook fills and drainers empty. Each hook call writes one
@@ -76,8 +78,15 @@ type Batch struct {
 	files   []*os.File
 }
 
-// Take locks and reads every entry no other drainer holds.
-func (q Queue) Take() (*Batch, error) {
+// maxBatch bounds how many entries one drain takes, so that a long queue (after a cache outage)
+// is pushed in rounds of bounded size.
+const maxBatch = 200
+
+// Take locks and reads the entries no other drainer holds, at most maxBatch. With wait set, it
+// also waits for entries another drainer holds: when it lets them go still queued (its push
+// failed), they are taken here; when it has pushed them, they are gone. A job's flush waits, so
+// that what the job built is in the cache, or reported as not, when its script ends.
+func (q Queue) Take(ctx context.Context, wait bool) (*Batch, error) {
 	names, err := os.ReadDir(q.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Batch{}, nil
@@ -100,8 +109,15 @@ func (q Queue) Take() (*Batch, error) {
 			continue
 		}
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-			f.Close() // another drainer has it
-			continue
+			if !wait {
+				f.Close() // another drainer has it
+				continue
+			}
+			if err := lockWaiting(ctx, f); err != nil {
+				f.Close()
+				b.Release()
+				return nil, fmt.Errorf("wait for another push of queue entry %s: %w", p, err)
+			}
 		}
 		// The entry may have been finished and removed between listing and locking.
 		if _, err := os.Stat(p); err != nil {
@@ -116,8 +132,27 @@ func (q Queue) Take() (*Batch, error) {
 		}
 		b.Entries = append(b.Entries, e)
 		b.files = append(b.files, f)
+		if len(b.Entries) == maxBatch {
+			break
+		}
 	}
 	return b, nil
+}
+
+// lockWaiting takes f's lock, polling, until ctx ends.
+func lockWaiting(ctx context.Context, f *os.File) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			return nil
+		}
+	}
 }
 
 func readEntry(f *os.File, p string) (Entry, error) {
@@ -155,36 +190,102 @@ func readEntry(f *os.File, p string) (Entry, error) {
 // Done removes the batch's entries from the queue and releases them.
 func (b *Batch) Done() error {
 	var first error
-	for i, e := range b.Entries {
-		if err := os.Remove(e.Path); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
-			first = fmt.Errorf("remove queue entry: %w", err)
+	for i := range b.Entries {
+		if err := b.finish(i); err != nil && first == nil {
+			first = err
 		}
-		b.files[i].Close()
 	}
 	b.files = nil
 	return first
 }
 
-// Release gives the batch's entries back to the queue, for a later drain.
+// finish removes entry i from the queue and releases it.
+func (b *Batch) finish(i int) error {
+	if b.files[i] == nil {
+		return nil
+	}
+	err := os.Remove(b.Entries[i].Path)
+	b.files[i].Close()
+	b.files[i] = nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove queue entry: %w", err)
+	}
+	return nil
+}
+
+// Release gives the entries not yet finished back to the queue, for a later drain.
 func (b *Batch) Release() {
 	for _, f := range b.files {
-		f.Close()
+		if f != nil {
+			f.Close()
+		}
 	}
 	b.files = nil
 }
 
-// Drain pushes every entry the queue holds (and no other drainer does) and removes the entries
-// whose paths are now in the cache. Entries whose push failed stay queued.
-func Drain(ctx context.Context, q Queue, p *Pusher) (DrainResult, error) {
-	b, err := q.Take()
+// Drain pushes the entries the queue holds, a batch at a time, and removes each entry once its
+// paths are in the cache. With wait set it also waits for entries other drainers hold (see Take).
+// When a push fails, each entry is pushed on its own, so that one path that cannot be pushed
+// holds back only its own entry; those stay queued.
+func Drain(ctx context.Context, q Queue, p *Pusher, wait bool) (DrainResult, error) {
+	var res DrainResult
+	for {
+		b, err := q.Take(ctx, wait)
+		if err != nil {
+			return res, err
+		}
+		res.Corrupt = append(res.Corrupt, b.Corrupt...)
+		if len(b.Entries) == 0 {
+			return res, nil
+		}
+		res.Entries += len(b.Entries)
+		sum, err := drainBatch(ctx, b, p)
+		res.Summary = res.Summary.add(sum)
+		b.Release()
+		if err != nil {
+			return res, err
+		}
+		if len(b.Entries) < maxBatch {
+			return res, nil
+		}
+	}
+}
+
+func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, error) {
+	paths, err := entryPaths(ctx, p.Store, b.Entries...)
 	if err != nil {
-		return DrainResult{}, err
+		return Summary{}, err
 	}
-	res := DrainResult{Entries: len(b.Entries), Corrupt: b.Corrupt}
-	if len(b.Entries) == 0 {
-		return res, nil
+	sum, err := p.Push(ctx, paths, true)
+	if err == nil {
+		return sum, b.Done()
 	}
-	var paths []string
+	if len(b.Entries) == 1 || ctx.Err() != nil {
+		return sum, err
+	}
+	first := err
+	failed := 0
+	for i, e := range b.Entries {
+		paths, err := entryPaths(ctx, p.Store, e)
+		if err == nil {
+			var s Summary
+			s, err = p.Push(ctx, paths, true)
+			sum = sum.add(s)
+		}
+		if err != nil {
+			failed++
+			continue
+		}
+		if err := b.finish(i); err != nil {
+			return sum, err
+		}
+	}
+	return sum, fmt.Errorf("%d of %d queued builds were not pushed and stay queued: %w", failed, len(b.Entries), first)
+}
+
+// entryPaths lists the paths entries name: their outputs, and the outputs of their derivations.
+func entryPaths(ctx context.Context, store *nixstore.Store, entries ...Entry) ([]string, error) {
+	var paths, drvs []string
 	seen := map[string]bool{}
 	add := func(ps ...string) {
 		for _, x := range ps {
@@ -194,8 +295,7 @@ func Drain(ctx context.Context, q Queue, p *Pusher) (DrainResult, error) {
 			}
 		}
 	}
-	var drvs []string
-	for _, e := range b.Entries {
+	for _, e := range entries {
 		add(e.Outputs...)
 		if e.Drv != "" {
 			if _, err := os.Stat(e.Drv); err != nil {
@@ -204,16 +304,10 @@ func Drain(ctx context.Context, q Queue, p *Pusher) (DrainResult, error) {
 			drvs = append(drvs, e.Drv)
 		}
 	}
-	outs, err := p.Store.Outputs(ctx, drvs...)
+	outs, err := store.Outputs(ctx, drvs...)
 	if err != nil {
-		b.Release()
-		return res, fmt.Errorf("outputs of the queued derivations: %w", err)
+		return nil, fmt.Errorf("outputs of the queued derivations: %w", err)
 	}
 	add(outs...)
-	res.Summary, err = p.Push(ctx, paths, true)
-	if err != nil {
-		b.Release()
-		return res, err
-	}
-	return res, b.Done()
+	return paths, nil
 }

@@ -83,7 +83,7 @@ func (f *Flusher) Flush(ctx context.Context, log io.Writer) error {
 		}
 		fmt.Fprintln(log, line+")")
 	}
-	res, err := Drain(ctx, f.Queue, &p)
+	res, err := Drain(ctx, f.Queue, &p, true)
 	for _, c := range res.Corrupt {
 		fmt.Fprintf(log, "\x1b[0;33mWARNING: %v\x1b[0;m\n", c)
 	}

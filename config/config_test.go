@@ -27,6 +27,7 @@ func TestParseErrors(t *testing.T) {
 		{"relative path", "[jobs]\nbuilds_root = \"builds\"\n" + minimal, `line 2: jobs\.builds_root = "builds": must be an absolute path`},
 		{"root uid", "[jobs]\nuid_map_start = 0\n" + minimal, `jobs must not run as host root`},
 		{"bad duration", "[jobs]\nstop_timeout = \"soon\"\n" + minimal, `"soon" is not a duration`},
+		{"stop timeout too long", "[jobs]\nstop_timeout = \"30s\"\n" + minimal, `line 2: jobs\.stop_timeout = "30s": must be between 0 and 6s`},
 		{"bad glob", "[jobs]\nallowed_images = [\"a/[b\"]\n" + minimal, `"a/\[b" is not a valid glob`},
 		{"no environments", "", `no \[environments\.NAME\] table`},
 		{"missing default", "[jobs]\ndefault_environment = \"nix\"\n" + minimal, `line 2: jobs\.default_environment = "nix" names no environment; defined: default`},

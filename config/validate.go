@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
 )
@@ -48,8 +49,8 @@ func (c *Config) validate(src []byte) error {
 	if uint64(c.Jobs.UIDMapStart)+uint64(c.Jobs.UIDMapSize) > 1<<32-1 {
 		return fmt.Errorf("%s + uid_map_size goes past the largest uid", at("jobs", "uid_map_start"))
 	}
-	if c.Jobs.StopTimeout <= 0 {
-		return fmt.Errorf("%s must be a positive duration such as \"5s\"", at("jobs", "stop_timeout"))
+	if c.Jobs.StopTimeout <= 0 || c.Jobs.StopTimeout.Std() > 6*time.Second {
+		return fmt.Errorf("%s = %q: must be between 0 and 6s: gitlab-runner expects a stage to end within 10 s of SIGTERM", at("jobs", "stop_timeout"), c.Jobs.StopTimeout.Std())
 	}
 	for _, g := range c.Jobs.AllowedImages {
 		if !doublestar.ValidatePattern(g) {

@@ -82,11 +82,12 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		return err
 	}
 	spec := executor.JobSpec{
-		ID:      ContainerID(p),
-		Job:     p.JobID(),
-		Runner:  runnerKey(p, d.Env),
-		Project: fmt.Sprint(p.JobInfo.ProjectID),
-		Env:     env,
+		ID:        ContainerID(p),
+		Job:       p.JobID(),
+		Runner:    runnerKey(p, d.Env),
+		Project:   fmt.Sprint(p.JobInfo.ProjectID),
+		Protected: p.GitInfo.Protected != nil && *p.GitInfo.Protected,
+		Env:       env,
 	}
 	for _, c := range p.Credentials {
 		if c.Type == "registry" {

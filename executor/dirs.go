@@ -1,6 +1,8 @@
 package executor
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -62,7 +65,7 @@ func pathPart(s string) string {
 // jobs running at once never share one. The claim is a file created exclusively, holding the
 // job's id; cleanup removes it.
 func (e *Executor) claimBuildsDir(id, runner, project string) (dir, claim string, err error) {
-	group := filepath.Join(e.cfg.Jobs.BuildsRoot, pathPart(runner), pathPart(project))
+	group := filepath.Join(e.cfg.Jobs.BuildsRoot, pathPart(runner), project)
 	if err := os.MkdirAll(group, 0o755); err != nil {
 		return "", "", fmt.Errorf("make builds dir: %w", err)
 	}
@@ -88,6 +91,14 @@ func (e *Executor) claimBuildsDir(id, runner, project string) (dir, claim string
 	return "", "", fmt.Errorf("all 1000 builds dirs under %s are claimed: run `hearth gc` to release those of jobs that are gone", group)
 }
 
+// projectDir names a project's dirs under builds_root and cache_root: protected refs apart.
+func projectDir(job JobSpec) string {
+	if job.Protected {
+		return pathPart(job.Project) + "-protected"
+	}
+	return pathPart(job.Project)
+}
+
 // releaseClaim removes claim if id still holds it.
 func releaseClaim(claim, id string) error {
 	b, err := os.ReadFile(claim)
@@ -106,23 +117,42 @@ func releaseClaim(claim, id string) error {
 	return nil
 }
 
-// ownedDir makes dir (and its parents) and hands it to the container's root user. Contents made by
-// earlier jobs already belong to it; when the uid range has changed since, they are handed over too.
+// lock takes an exclusive lock named name (any string) among hearth processes on this host, and
+// returns its release.
+func (e *Executor) lock(name string) (func(), error) {
+	dir := filepath.Join(e.cfg.Jobs.StateDir, "locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("make lock dir: %w", err)
+	}
+	sum := sha256.Sum256([]byte(name))
+	f, err := os.OpenFile(filepath.Join(dir, hex.EncodeToString(sum[:8])+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// ownedDir makes dir (and its parents) and hands it to the container's root user. Only the
+// directory itself: what is inside was made by jobs, which may have planted symlinks there, and a
+// walk by path as host root could be steered onto host files. Contents made under an earlier
+// uid_map_start stay with that range; chown them by hand when the range changes.
 func ownedDir(dir string, uid uint32) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	fi, err := os.Stat(dir)
+	fi, err := os.Lstat(dir)
 	if err != nil {
 		return err
 	}
-	if st, ok := statOwner(fi); ok && st == uid {
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if owner, ok := statOwner(fi); ok && owner == uid {
 		return nil
 	}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, int(uid), int(uid))
-	})
+	return os.Lchown(dir, int(uid), int(uid))
 }

@@ -80,8 +80,12 @@ type JobSpec struct {
 	ID string
 	// Job, Runner and Project become labels; Runner and Project also choose the builds dir.
 	Job, Runner, Project string
-	Env                  Environment
-	Credentials          []Credential
+	// Protected jobs get builds and cache dirs apart from the others of their project, so that a
+	// job on an unprotected ref cannot leave something (a git hook, a poisoned cache) that a job
+	// with the protected ref's secrets later runs.
+	Protected   bool
+	Env         Environment
+	Credentials []Credential
 }
 
 // JobError is an error caused by what the job asked for (a missing image, an image without
@@ -158,7 +162,7 @@ func (e *Executor) agentSocket(id string) string {
 // be run or its end was not seen.
 func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Writer) (int, error) {
 	sock := e.agentSocket(id)
-	if _, err := os.Stat(sock); err != nil {
+	if _, err := os.Lstat(sock); err != nil {
 		return 0, fmt.Errorf("job container %s is not running (prepare did not run, or cleanup already ran): %w", id, err)
 	}
 	grace := e.cfg.Jobs.StopTimeout.Std() + 3*time.Second

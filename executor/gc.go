@@ -97,7 +97,9 @@ func (e *Executor) gcSnapshots(ctx context.Context, client *containerd.Client, l
 	ss := client.SnapshotService(defaults.DefaultSnapshotter)
 	var orphans []string
 	err = ss.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-		if info.Kind == snapshots.KindActive && !used[info.Name] && !strings.HasSuffix(info.Name, "-remap") && now.Sub(info.Created) > olderThan {
+		// Remap snapshots ("…-remap") live for seconds while an image is first remapped; an old
+		// one is what an interrupted remap left, and is in the way of the next.
+		if info.Kind == snapshots.KindActive && !used[info.Name] && now.Sub(info.Created) > olderThan {
 			orphans = append(orphans, info.Name)
 		}
 		return nil

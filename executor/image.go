@@ -30,18 +30,24 @@ func (e *Executor) ensureImage(ctx context.Context, c *client.Client, env Enviro
 	if err != nil {
 		return nil, envError(env, err)
 	}
-	img, err := c.GetImage(ctx, ref)
-	if err == nil {
-		if ok, err := img.IsUnpacked(ctx, ""); err == nil && ok {
+	// An image the job chose is pulled every time, with the job's credentials: the registry then
+	// decides whether this job may have it (another project's private image may already be in
+	// containerd's store), and a moved tag is followed. Layers already present are not fetched
+	// again. A configured environment's image is pulled only when it is missing.
+	if !env.Untrusted {
+		img, err := c.GetImage(ctx, ref)
+		if err == nil {
+			if ok, err := img.IsUnpacked(ctx, ""); err == nil && ok {
+				return img, nil
+			}
+			if err := img.Unpack(ctx, ""); err != nil {
+				return nil, fmt.Errorf("unpack image %s: %w", ref, err)
+			}
 			return img, nil
 		}
-		if err := img.Unpack(ctx, ""); err != nil {
-			return nil, fmt.Errorf("unpack image %s: %w", ref, err)
+		if !errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("look up image %s: %w", ref, err)
 		}
-		return img, nil
-	}
-	if !errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("look up image %s: %w", ref, err)
 	}
 	fmt.Fprintf(log, "Pulling image %s\n", ref)
 	resolver := docker.NewResolver(docker.ResolverOptions{
@@ -50,7 +56,7 @@ func (e *Executor) ensureImage(ctx context.Context, c *client.Client, env Enviro
 			docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(credsFor(creds)))),
 		),
 	})
-	img, err = c.Pull(ctx, ref, client.WithPullUnpack, client.WithResolver(resolver))
+	img, err := c.Pull(ctx, ref, client.WithPullUnpack, client.WithResolver(resolver))
 	if err != nil {
 		return nil, envError(env, fmt.Errorf("pull image %s: %w", ref, err))
 	}

@@ -54,6 +54,19 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if err != nil {
 		return err
 	}
+	if job.Env.Image != "" {
+		// The first job of an image remaps its root to the user namespace, in a snapshot that
+		// later jobs share: one prepare at a time does that, and a cancelled prepare does not
+		// stop it half-way (containerd would leave the half-made snapshot in the way).
+		unlock, err := e.lock("image-" + job.Env.Image)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 15*time.Minute)
+		defer cancel()
+	}
 	opts, err := e.containerOptions(ctx, client, job, dirs, created, log)
 	if err != nil {
 		return err
@@ -105,14 +118,14 @@ func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
 		return d, fmt.Errorf("hand the agent dir to the job's uid: %w", err)
 	}
 	var err error
-	d.builds, st.Claim, err = e.claimBuildsDir(job.ID, job.Runner, job.Project)
+	d.builds, st.Claim, err = e.claimBuildsDir(job.ID, job.Runner, projectDir(job))
 	if err != nil {
 		return d, err
 	}
 	if err := e.writeState(st); err != nil {
 		return d, err
 	}
-	d.cache = filepath.Join(e.cfg.Jobs.CacheRoot, pathPart(job.Runner), pathPart(job.Project))
+	d.cache = filepath.Join(e.cfg.Jobs.CacheRoot, pathPart(job.Runner), projectDir(job))
 	for _, dir := range []string{d.builds, d.cache} {
 		if err := ownedDir(dir, uid); err != nil {
 			return d, fmt.Errorf("prepare %s: %w", dir, err)
@@ -210,7 +223,7 @@ func (e *Executor) awaitAgent(ctx context.Context, job JobSpec, exited <-chan co
 		if time.Since(start) > time.Second {
 			delay = 20 * time.Millisecond
 		}
-		if _, err := os.Stat(sock); err == nil {
+		if _, err := os.Lstat(sock); err == nil {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			st, err := agent.Ping(pctx, sock)
 			cancel()

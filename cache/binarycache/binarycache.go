@@ -48,8 +48,10 @@ const CacheInfo = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
 type Cache struct {
 	objects Objects
 	key     *signing.SecretKey
-	once    sync.Once
-	infoErr error
+	// infoMu guards hasInfo: nix-cache-info is checked until it is known to exist, so that one
+	// failed check (a 503, a blip) does not fail every later push of a long-lived watcher.
+	infoMu  sync.Mutex
+	hasInfo bool
 }
 
 // New returns the cache on objects; key, when not nil, signs every narinfo.
@@ -106,9 +108,8 @@ var encoders = min(runtime.GOMAXPROCS(0), 4)
 // narinfo is written last: a cache never shows a path whose NAR is not complete.
 func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSource) (cache.Stats, error) {
 	var st cache.Stats
-	c.once.Do(func() { c.infoErr = c.ensureCacheInfo(ctx) })
-	if c.infoErr != nil {
-		return st, c.infoErr
+	if err := c.ensureCacheInfo(ctx); err != nil {
+		return st, err
 	}
 	niKey, err := narinfoKey(info.Path)
 	if err != nil {
@@ -128,9 +129,13 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 	pr, pw := io.Pipe()
 	fileHash := sha256.New()
 	file := &counter{}
+	var compressErr error
+	compressed := make(chan struct{})
 	go func() {
+		defer close(compressed)
 		zw, err := zstd.NewWriter(io.MultiWriter(pw, fileHash, file), zstd.WithEncoderConcurrency(encoders), zstd.WithEncoderLevel(zstd.SpeedDefault))
 		if err != nil {
+			compressErr = err
 			pw.CloseWithError(err)
 			return
 		}
@@ -138,11 +143,19 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 		if cerr := zw.Close(); err == nil {
 			err = cerr
 		}
+		compressErr = err
 		pw.CloseWithError(err)
 	}()
-	if err := c.objects.Put(ctx, narKey, pr, "application/x-nix-nar"); err != nil {
-		pr.CloseWithError(err)
+	err = c.objects.Put(ctx, narKey, pr, "application/x-nix-nar")
+	// Whatever Put did, the compressor must not stay blocked on the pipe; and the hashes are
+	// complete only once it has finished.
+	pr.CloseWithError(errors.New("the upload stopped reading"))
+	<-compressed
+	if err != nil {
 		return st, fmt.Errorf("upload %s: %w", narKey, err)
+	}
+	if compressErr != nil {
+		return st, fmt.Errorf("upload %s: %w", narKey, compressErr)
 	}
 	ni := &narinfo.NarInfo{
 		StorePath:   info.Path,
@@ -175,16 +188,21 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 }
 
 func (c *Cache) ensureCacheInfo(ctx context.Context) error {
+	c.infoMu.Lock()
+	defer c.infoMu.Unlock()
+	if c.hasInfo {
+		return nil
+	}
 	ok, err := c.objects.Exists(ctx, "nix-cache-info")
 	if err != nil {
 		return fmt.Errorf("look for nix-cache-info: %w", err)
 	}
-	if ok {
-		return nil
+	if !ok {
+		if err := c.objects.Put(ctx, "nix-cache-info", strings.NewReader(CacheInfo), "text/x-nix-cache-info"); err != nil {
+			return fmt.Errorf("write nix-cache-info: %w", err)
+		}
 	}
-	if err := c.objects.Put(ctx, "nix-cache-info", strings.NewReader(CacheInfo), "text/x-nix-cache-info"); err != nil {
-		return fmt.Errorf("write nix-cache-info: %w", err)
-	}
+	c.hasInfo = true
 	return nil
 }
 

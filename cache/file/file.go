@@ -56,7 +56,7 @@ func (d Dir) Exists(_ context.Context, key string) (bool, error) {
 // Put writes r to a temporary file beside key, syncs it, and renames it into place: a crash
 // leaves either the whole file or none, and a narinfo written after its NAR never points at a NAR
 // that is not on disk.
-func (d Dir) Put(_ context.Context, key string, r io.Reader, _ string) error {
+func (d Dir) Put(ctx context.Context, key string, r io.Reader, _ string) error {
 	p, err := d.path(key)
 	if err != nil {
 		return err
@@ -69,7 +69,7 @@ func (d Dir) Put(_ context.Context, key string, r io.Reader, _ string) error {
 		return err
 	}
 	defer os.Remove(f.Name()) // no-op after the rename
-	if _, err := io.Copy(f, r); err != nil {
+	if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
 		f.Close()
 		return err
 	}
@@ -113,4 +113,18 @@ func (d Dir) List(_ context.Context, suffix string) ([]string, error) {
 		}
 	}
 	return keys, nil
+}
+
+// ctxReader stops a copy when its context ends: a cancelled push does not finish writing a large
+// NAR first.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

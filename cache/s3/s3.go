@@ -292,8 +292,12 @@ func (b *Bucket) multipart(ctx context.Context, full, key string, first []byte, 
 			return err
 		}
 		if gctx.Err() != nil {
+			// A part failed, or the push was cancelled: either way the upload does not complete.
 			b.buffers.Put(buf)
-			return g.Wait()
+			if err := g.Wait(); err != nil {
+				return err
+			}
+			return gctx.Err()
 		}
 	}
 	if err := g.Wait(); err != nil {

@@ -171,7 +171,7 @@ func watchAction(c *cli.Context) error {
 			}
 		}
 		if p != nil {
-			res, err := cache.Drain(c.Context, q, p)
+			res, err := cache.Drain(c.Context, q, p, false)
 			for _, ce := range res.Corrupt {
 				if !reported[ce.Error()] {
 					reported[ce.Error()] = true

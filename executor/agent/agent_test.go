@@ -168,3 +168,27 @@ func TestPingReportsIdle(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// The socket's directory belongs to the job: a symlink the job puts in the socket's place, pointing
+// at another job's agent, is refused rather than followed.
+func TestSymlinkedSocketIsRefused(t *testing.T) {
+	other := startServer(t)
+	link := filepath.Join(t.TempDir(), "agent.sock")
+	if err := os.Symlink(other, link); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	if _, err := Run(context.Background(), link, Request{Script: "echo reached"}, &out, time.Second); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Fatalf("Run through a symlink: %v, output %q", err, out.String())
+	}
+	if _, err := Ping(context.Background(), link); err == nil {
+		t.Fatal("Ping followed a symlink")
+	}
+	notSocket := filepath.Join(t.TempDir(), "agent.sock")
+	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ping(context.Background(), notSocket); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("Ping of a regular file: %v", err)
+	}
+}

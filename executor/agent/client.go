@@ -7,14 +7,44 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// dial connects to the agent's socket without following a symlink. The directory holding the
+// socket is writable by the job (the agent, which runs as the job's user, creates the socket
+// there), so the job could put a symlink in its place, pointing at another job's agent.
+func dial(ctx context.Context, socket string) (net.Conn, error) {
+	fd, err := unix.Open(socket, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ELOOP {
+			return nil, fmt.Errorf("%s is a symlink, not the agent's socket: the job replaced it", socket)
+		}
+		return nil, &net.OpError{Op: "dial", Net: "unix", Err: &os.PathError{Op: "open", Path: socket, Err: err}}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFSOCK:
+	case unix.S_IFLNK: // O_PATH|O_NOFOLLOW opens the link itself
+		return nil, fmt.Errorf("%s is a symlink, not the agent's socket: the job replaced it", socket)
+	default:
+		return nil, fmt.Errorf("%s is not a socket: the job replaced it", socket)
+	}
+	// Connecting through the descriptor reaches exactly the inode checked above.
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", fmt.Sprintf("/proc/self/fd/%d", fd))
+}
 
 // Ping asks the agent behind socket how it is.
 func Ping(ctx context.Context, socket string) (Status, error) {
 	var st Status
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
+	conn, err := dial(ctx, socket)
 	if err != nil {
 		return st, err
 	}
@@ -42,7 +72,9 @@ var ErrLost = errors.New("lost the connection to the job container's agent")
 // cancelled the agent is asked to stop the stage, and Run still waits, at most grace, for the
 // stage to end so that its exit status and last output are not lost.
 func Run(ctx context.Context, socket string, req Request, out io.Writer, grace time.Duration) (int, error) {
-	conn, err := net.Dial("unix", socket)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	conn, err := dial(dctx, socket)
+	cancel()
 	if err != nil {
 		return 0, err
 	}

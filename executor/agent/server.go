@@ -179,6 +179,7 @@ func (s *Server) run(conn net.Conn, req Request) {
 		<-forwarded
 	}
 	st.output.Close()
+	st.stdin.Close()
 	code := ws.ExitStatus()
 	if ws.Signaled() {
 		code = 128 + int(ws.Signal())
@@ -192,7 +193,10 @@ type stage struct {
 	// output is the read end of the one pipe bash writes both stdout and stderr to: a job log is a
 	// single stream, and one pipe keeps the two in the order they were written.
 	output *os.File
-	done   <-chan syscall.WaitStatus
+	// stdin is the write end of the script's pipe; closed when the stage ends, in case a process
+	// that outlived bash still holds the read end with part of the script unread.
+	stdin *os.File
+	done  <-chan syscall.WaitStatus
 }
 
 // start forks bash in a session of its own, with the script on its stdin.
@@ -229,7 +233,7 @@ func (s *Server) start(script string) (*stage, error) {
 		_, _ = io.WriteString(inW, script)
 		inW.Close()
 	}()
-	return &stage{pid: pid, output: outR, done: done}, nil
+	return &stage{pid: pid, output: outR, stdin: inW, done: done}, nil
 }
 
 // signalSession signals every process in the session led by sid: the stage's shell and whatever

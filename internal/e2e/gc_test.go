@@ -72,3 +72,32 @@ func TestGCRemovesOrphansOnly(t *testing.T) {
 	}
 	assertNothingLeft(t, running.containerID())
 }
+
+// A job that swaps its agent's socket for a symlink to another job's agent does not get its later
+// stages run there: the driver refuses the symlink.
+func TestJobCannotRedirectStagesToAnotherJob(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	victim := newDriverJob(t, cfg, "")
+	attacker := newDriverJob(t, cfg, "")
+	for _, j := range []*driverJob{victim, attacker} {
+		if code, out := j.call("prepare"); code != 0 {
+			t.Fatalf("prepare exited %d:\n%s", code, out)
+		}
+		defer j.call("cleanup")
+	}
+	target := filepath.Join(env.StateDir(), "jobs", victim.containerID(), "agent", "agent.sock")
+	code, out := attacker.runScript("build_script", "rm /.hearth/run/agent.sock && ln -s "+target+" /.hearth/run/agent.sock && echo swapped\n")
+	if code != 0 || !strings.Contains(out, "swapped") {
+		t.Fatalf("the attacker's script: exit %d\n%s", code, out)
+	}
+	code, out = attacker.runScript("after_script", "echo RAN-IN-$(hostname)\n")
+	if strings.Contains(out, "RAN-IN-") {
+		t.Fatalf("the attacker's next stage ran (exit %d):\n%s", code, out)
+	}
+	if code != 2 || !strings.Contains(out, "symlink") {
+		t.Fatalf("want a system failure naming the symlink, got exit %d:\n%s", code, out)
+	}
+	if code, out := victim.runScript("build_script", "echo still-mine\n"); code != 0 || !strings.Contains(out, "still-mine") {
+		t.Fatalf("the victim's job was disturbed: exit %d\n%s", code, out)
+	}
+}

@@ -46,10 +46,15 @@ func TestAllowedImagePulledWithJobCredentials(t *testing.T) {
 		t.Fatal("the registry saw no authorized request")
 	}
 
-	// Now the image is in containerd's store: no pull, and no credentials needed.
+	// The image is now in containerd's store, but a job the registry refuses still cannot use it:
+	// an image a job names is pulled with that job's credentials every time.
 	res, log = run("")
-	if res.State != "success" || strings.Contains(log, "Pulling image") {
-		t.Fatalf("second job: %s\n%s", res, log)
+	if res.FailureReason != "script_failure" || !strings.Contains(log, "pull image "+reg.Image) {
+		t.Fatalf("a job without credentials ran a private image already in the store: %+v\n%s", res, log)
+	}
+	res, log = run("s3cret")
+	if res.State != "success" || !strings.Contains(log, "\nhearth-image-marker\n") {
+		t.Fatalf("a later job with credentials: %s\n%s", res, log)
 	}
 }
 

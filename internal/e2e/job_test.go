@@ -321,3 +321,27 @@ func TestFourJobsAtOnce(t *testing.T) {
 		t.Fatalf("the four jobs used %d distinct builds dirs (%v), want 4", len(seen), owners)
 	}
 }
+
+// Jobs on protected refs get builds and cache dirs apart from the rest of their project: what an
+// unprotected job leaves behind (a git hook, a cache entry) is not there for a protected one.
+func TestProtectedRefsHaveTheirOwnDirs(t *testing.T) {
+	cfg := writeCacheConfig(t, "", `push = "never"`, "")
+	leave := "j:\n  script:\n    - mkdir -p .git/hooks && echo planted > .git/hooks/post-checkout && echo planted > /cache/poison\n"
+	look := "j:\n  script:\n    - if [ -e .git/hooks/post-checkout ] || [ -e /cache/poison ]; then echo FOUND-PLANTED; exit 1; fi\n"
+	run := func(src string, protected bool) (runner.Result, string) {
+		var log syncBuffer
+		opts := jobOptions(t, cfg, src, "j", &log)
+		opts.Protected = protected
+		return runner.New(opts).Run(context.Background()), log.String()
+	}
+	if res, log := run(leave, false); res.State != "success" {
+		t.Fatalf("%s\n%s", res, log)
+	}
+	if res, log := run(look, true); res.State != "success" {
+		t.Fatalf("a protected job found what an unprotected one left: %s\n%s", res, log)
+	}
+	// The control: an unprotected job does find it, so the check above can fail.
+	if res, log := run(look, false); res.State == "success" || !strings.Contains(log, "\nFOUND-PLANTED") {
+		t.Fatalf("control: %s\n%s", res, log)
+	}
+}

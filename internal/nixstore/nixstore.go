@@ -68,14 +68,39 @@ func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([
 	if recursive {
 		args = append(args, "--recursive")
 	}
-	out, err := s.run(ctx, "nix", append(args, paths...)...)
-	if err != nil {
-		return nil, err
+	var all []PathInfo
+	seen := map[string]bool{}
+	for _, chunk := range chunks(paths) {
+		out, err := s.run(ctx, "nix", append(args, chunk...)...)
+		if err != nil {
+			return nil, err
+		}
+		infos, err := ParseJSON(out)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range infos {
+			if !seen[in.Path] {
+				seen[in.Path] = true
+				all = append(all, in)
+			}
+		}
 	}
-	return ParseJSON(out)
+	return all, nil
 }
 
-// Outputs returns the output paths of derivations, in one call.
+// chunks splits paths so that no command line grows past what exec allows, however long a queue
+// got while a cache was away.
+func chunks(paths []string) [][]string {
+	const size = 1000
+	var out [][]string
+	for start := 0; start < len(paths); start += size {
+		out = append(out, paths[start:min(start+size, len(paths))])
+	}
+	return out
+}
+
+// Outputs returns the output paths of derivations.
 func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
 	if len(drvs) == 0 {
 		return nil, nil
@@ -85,11 +110,15 @@ func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
 			return nil, err
 		}
 	}
-	out, err := s.run(ctx, "nix-store", append([]string{"--query", "--outputs"}, drvs...)...)
-	if err != nil {
-		return nil, err
+	var outs []string
+	for _, chunk := range chunks(drvs) {
+		out, err := s.run(ctx, "nix-store", append([]string{"--query", "--outputs"}, chunk...)...)
+		if err != nil {
+			return nil, err
+		}
+		outs = append(outs, strings.Fields(string(out))...)
 	}
-	return strings.Fields(string(out)), nil
+	return outs, nil
 }
 
 func (s *Store) run(ctx context.Context, name string, args ...string) ([]byte, error) {
