@@ -225,23 +225,22 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 	return pushed, total, nil
 }
 
-// put uploads one path under its lock. When another process held the lock, it may have pushed the
-// path meanwhile: ask again before uploading.
+// put uploads one path under its lock, if the cache still lacks it.
 func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploaded bool, err error) {
 	if p.LockDir != "" {
-		unlock, contended, err := lockPath(ctx, p.LockDir, in.Path)
+		unlock, err := lockPath(ctx, p.LockDir, in.Path)
 		if err != nil {
 			return Stats{}, false, err
 		}
 		defer unlock()
-		if contended {
-			missing, err := p.Backend.Missing(ctx, []nixstore.PathInfo{in})
-			if err != nil {
-				return Stats{}, false, fmt.Errorf("push %s: %w", in.Path, err)
-			}
-			if len(missing) == 0 {
-				return Stats{}, false, nil
-			}
+		// Another pusher may have pushed the path since this one asked: ask again, now that
+		// no other can be pushing it.
+		missing, err := p.Backend.Missing(ctx, []nixstore.PathInfo{in})
+		if err != nil {
+			return Stats{}, false, fmt.Errorf("push %s: %w", in.Path, err)
+		}
+		if len(missing) == 0 {
+			return Stats{}, false, nil
 		}
 	}
 	st, err = p.Backend.Put(ctx, in, NarOf(in))
@@ -254,9 +253,9 @@ func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploa
 // lockPath takes the lock of one store path, waiting when another pusher holds it. Paths share
 // 1024 lock files by the first two characters of their hash, so the lock dir stays small however
 // many paths pass through it; two paths that share a lock merely take turns.
-func lockPath(ctx context.Context, dir, path string) (unlock func(), contended bool, err error) {
+func lockPath(ctx context.Context, dir, path string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("make lock dir: %w", err)
+		return nil, fmt.Errorf("make lock dir: %w", err)
 	}
 	hash := filepath.Base(path)
 	if len(hash) > 2 {
@@ -265,14 +264,13 @@ func lockPath(ctx context.Context, dir, path string) (unlock func(), contended b
 	name := filepath.Join(dir, hash+".lock")
 	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, false, fmt.Errorf("open lock %s: %w", name, err)
+		return nil, fmt.Errorf("open lock %s: %w", name, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		contended = true
 		if err := lockWaiting(ctx, f); err != nil {
 			f.Close()
-			return nil, false, fmt.Errorf("wait for lock %s: %w", name, err)
+			return nil, fmt.Errorf("wait for lock %s: %w", name, err)
 		}
 	}
-	return func() { f.Close() }, contended, nil
+	return func() { f.Close() }, nil
 }
