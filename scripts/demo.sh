@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up this machine as needed, then runs a demo job end to end through `hearth exec`: a private
 # containerd and nix-daemon, a job environment made from the store, and a job that builds a
-# derivation through the daemon — twice, to show that the second build is free.
+# derivation through the daemon — twice, to show that the second build is free — and pushes what it
+# built to a file binary cache, reported in the job log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
