@@ -134,19 +134,6 @@ func (s *Server) Counts() (uploads, preambles, missingCalls int) {
 	return s.Uploads, s.Preambles, s.MissingCalls
 }
 
-// Paths lists the store paths a cache holds.
-func (s *Server) Paths(cache string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	if c := s.caches[cache]; c != nil {
-		for _, o := range c.objects {
-			out = append(out, o.info.StorePath)
-		}
-	}
-	return out
-}
-
 func apiError(w http.ResponseWriter, status int, name, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
