@@ -17,6 +17,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The nix-daemon builds as the members of nixbld (build-users-group), which Debian's nix-bin does
+# not create (its nix-setup-systemd package would, but these machines have no systemd).
+if ! getent group nixbld >/dev/null; then
+	echo "creating the nixbld group and its build users"
+	groupadd --system nixbld
+	for i in $(seq 1 8); do
+		useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin \
+			--gid nixbld --groups nixbld --comment "Nix build user $i" "nixbld$i"
+	done
+fi
+# A store that has never been opened is made here, once, rather than by test daemons racing to.
+if [ ! -d /nix/var/nix/db ]; then
+	NIX_REMOTE=local nix-store --init
+fi
 if ! command -v go >/dev/null; then
 	if [ -x /usr/local/go/bin/go ]; then
 		export PATH=/usr/local/go/bin:$PATH

@@ -200,9 +200,10 @@ func (e *Env) startNixDaemon(extra string) error {
 	if err := os.WriteFile(filepath.Join(e.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	// Not NixEnv: a daemon that has NIX_REMOTE=daemon serves every connection by connecting to
-	// itself, without end.
-	daemonEnv := append(os.Environ(), "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
+	// Not NixEnv, and the local store named: a daemon whose store is the daemon (NIX_REMOTE=daemon,
+	// or "auto" on a machine where /nix/var/nix does not exist yet) serves every connection by
+	// connecting to itself, without end.
+	daemonEnv := append(os.Environ(), "NIX_REMOTE=local", "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
 	if err := e.spawn(e.NixLog, daemonEnv, "nix-daemon"); err != nil {
 		return err
 	}
