@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/hearth-ci/hearth/cache/nar"
-	"github.com/hearth-ci/hearth/cache/nixbase32"
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/nar"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Backend is one binary cache.
@@ -55,7 +55,7 @@ func NarOf(info nixstore.PathInfo) NarSource {
 			cw := &countingWriter{w: io.MultiWriter(pw, h)}
 			err := nar.Dump(cw, info.Path)
 			if err == nil {
-				if got := "sha256:" + nixbase32.EncodeToString(h.Sum(nil)); got != info.NarHash || uint64(cw.n) != info.NarSize {
+				if got := nix.FormatSHA256(h.Sum(nil)); got != info.NarHash || uint64(cw.n) != info.NarSize {
 					err = fmt.Errorf("%w: %s has NAR hash %s and size %d, the store says %s and %d", ErrNarMismatch, info.Path, got, cw.n, info.NarHash, info.NarSize)
 				}
 			}

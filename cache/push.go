@@ -8,10 +8,10 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/filelock"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Pusher pushes closures to a backend.
@@ -254,23 +254,13 @@ func (p *Pusher) put(ctx context.Context, in nixstore.PathInfo) (st Stats, uploa
 // 1024 lock files by the first two characters of their hash, so the lock dir stays small however
 // many paths pass through it; two paths that share a lock merely take turns.
 func lockPath(ctx context.Context, dir, path string) (unlock func(), err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("make lock dir: %w", err)
-	}
 	hash := filepath.Base(path)
 	if len(hash) > 2 {
 		hash = hash[:2]
 	}
-	name := filepath.Join(dir, hash+".lock")
-	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err = filelock.Acquire(ctx, filepath.Join(dir, hash+".lock"))
 	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", name, err)
+		return nil, fmt.Errorf("wait for another push of %s: %w", path, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		if err := lockWaiting(ctx, f); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("wait for lock %s: %w", name, err)
-		}
-	}
-	return func() { f.Close() }, nil
+	return unlock, nil
 }

@@ -12,10 +12,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/filelock"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Queue is the directory the post-build-hook fills and drainers empty. Each hook call writes one
@@ -108,12 +109,18 @@ func (q Queue) Take(ctx context.Context, wait bool) (*Batch, error) {
 			}
 			continue
 		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		locked, err := filelock.TryLock(f)
+		if err != nil {
+			f.Close()
+			b.Release()
+			return nil, err
+		}
+		if !locked {
 			if !wait {
 				f.Close() // another drainer has it
 				continue
 			}
-			if err := lockWaiting(ctx, f); err != nil {
+			if err := filelock.Lock(ctx, f); err != nil {
 				f.Close()
 				b.Release()
 				return nil, fmt.Errorf("wait for another push of queue entry %s: %w", p, err)
@@ -139,22 +146,6 @@ func (q Queue) Take(ctx context.Context, wait bool) (*Batch, error) {
 	return b, nil
 }
 
-// lockWaiting takes f's lock, polling, until ctx ends.
-func lockWaiting(ctx context.Context, f *os.File) error {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-			return nil
-		}
-	}
-}
-
 func readEntry(f *os.File, p string) (Entry, error) {
 	e := Entry{Path: p}
 	sc := bufio.NewScanner(f)
@@ -169,7 +160,7 @@ func readEntry(f *os.File, p string) (Entry, error) {
 			continue
 		}
 		kind, path, ok := strings.Cut(text, " ")
-		if !ok || !strings.HasPrefix(path, "/nix/store/") || strings.ContainsAny(path, " \t") || (kind != "out" && kind != "drv") {
+		if !ok || nix.CheckStorePath(path) != nil || (kind != "out" && kind != "drv") {
 			return e, fmt.Errorf("queue entry %s is corrupt: line %d is %q, not \"out PATH\" or \"drv PATH\"; it stays in the queue: fix or remove it", p, line, text)
 		}
 		if kind == "out" {

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // FormatBytes prints n in binary units, as people read sizes of store paths.

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/hearth-ci/hearth/nix"
 )
 
 // DefaultPath is where hearth looks for its config when neither --config nor $HEARTH_CONFIG is given.
@@ -109,7 +111,7 @@ type Mount struct {
 func Default() Config {
 	return Config{
 		Containerd: Containerd{Address: "/run/containerd/containerd.sock", Namespace: "hearth"},
-		Nix:        Nix{DaemonSocket: "/nix/var/nix/daemon-socket/socket"},
+		Nix:        Nix{DaemonSocket: nix.DaemonSocket},
 		Jobs: Jobs{
 			BuildsRoot:         "/var/lib/hearth/builds",
 			CacheRoot:          "/var/lib/hearth/cache",

@@ -8,11 +8,10 @@ import (
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
-)
 
-// reservedTargets are container paths hearth mounts itself; an environment's extra mounts may not
-// cover or replace them.
-var reservedTargets = []string{"/", "/nix/store", "/nix/var/nix/daemon-socket", "/builds", "/cache", "/.hearth", "/proc", "/dev", "/sys", "/tmp", "/root", "/etc/hosts", "/etc/resolv.conf", "/etc/passwd", "/etc/group"}
+	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/nix"
+)
 
 func (c *Config) validate(src []byte) error {
 	at := func(key ...string) string {
@@ -131,17 +130,13 @@ func (e Environment) validate() error {
 		return fmt.Errorf("set store_path (a Nix store path whose bin/ goes on PATH) or image (an OCI reference)")
 	case e.StorePath != "" && e.Image != "":
 		return fmt.Errorf("set store_path or image, not both")
-	case e.StorePath != "" && !IsStorePath(e.StorePath):
-		return fmt.Errorf("store_path %q is not a path directly under /nix/store", e.StorePath)
+	case e.StorePath != "":
+		if err := nix.CheckStorePath(e.StorePath); err != nil {
+			return fmt.Errorf("store_path: %w", err)
+		}
 	}
 	_, err := e.ParsedMounts()
 	return err
-}
-
-// IsStorePath reports whether p names a top-level entry of /nix/store.
-func IsStorePath(p string) bool {
-	rest, ok := strings.CutPrefix(p, "/nix/store/")
-	return ok && rest != "" && !strings.Contains(rest, "/") && rest != "." && rest != ".."
 }
 
 // ParsedMounts splits each "host:container" entry and checks it.
@@ -153,7 +148,7 @@ func (e Environment) ParsedMounts() ([]Mount, error) {
 			return nil, fmt.Errorf("mount %q: write it as \"/host/path:/container/path\", both absolute", m)
 		}
 		ctr = filepath.Clean(ctr)
-		for _, r := range reservedTargets {
+		for _, r := range layout.Reserved {
 			if ctr == r || (r != "/" && strings.HasPrefix(ctr+"/", r+"/")) || strings.HasPrefix(r, ctr+"/") {
 				return nil, fmt.Errorf("mount %q: %s is managed by hearth; mount somewhere else", m, r)
 			}

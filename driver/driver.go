@@ -14,6 +14,7 @@ import (
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor"
+	"github.com/hearth-ci/hearth/executor/layout"
 )
 
 // Executor runs job containers. Prepare is called once per prepare attempt and must remove
@@ -42,12 +43,6 @@ type Driver struct {
 	Cache func(ctx context.Context) (Flusher, error)
 }
 
-// Container paths gitlab-runner is told about; the executor mounts the job's host dirs there.
-const (
-	BuildsDir = "/builds"
-	CacheDir  = "/cache"
-)
-
 // configOutput is gitlab-runner's ConfigExecOutput.
 type configOutput struct {
 	BuildsDir         string            `json:"builds_dir"`
@@ -63,8 +58,8 @@ type configOutput struct {
 func (d *Driver) ConfigStage() error {
 	host, _ := os.Hostname()
 	return json.NewEncoder(d.Stdout).Encode(configOutput{
-		BuildsDir: BuildsDir,
-		CacheDir:  CacheDir,
+		BuildsDir: layout.BuildsDir,
+		CacheDir:  layout.CacheDir,
 		Hostname:  host,
 		Driver:    map[string]string{"name": "hearth", "version": d.Version},
 		Shell:     "bash",

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,8 +13,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/hearth-ci/hearth/filelock"
 )
 
 // state is what prepare records about a job before it creates anything, so that cleanup and gc
@@ -117,23 +119,15 @@ func releaseClaim(claim, id string) error {
 	return nil
 }
 
-// lock takes an exclusive lock named name (any string) among hearth processes on this host, and
-// returns its release.
-func (e *Executor) lock(name string) (func(), error) {
-	dir := filepath.Join(e.cfg.Jobs.StateDir, "locks")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("make lock dir: %w", err)
-	}
+// lock takes an exclusive lock named name (any string) among hearth processes on this host,
+// waiting until ctx ends, and returns its release.
+func (e *Executor) lock(ctx context.Context, name string) (func(), error) {
 	sum := sha256.Sum256([]byte(name))
-	f, err := os.OpenFile(filepath.Join(dir, hex.EncodeToString(sum[:8])+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	release, err := filelock.Acquire(ctx, filepath.Join(e.cfg.Jobs.StateDir, "locks", hex.EncodeToString(sum[:8])+".lock"))
 	if err != nil {
-		return nil, fmt.Errorf("open lock: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
-	return func() { f.Close() }, nil
+	return release, nil
 }
 
 // ownedDir makes dir (and its parents) and hands it to the container's root user. Only the

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor/agent"
+	"github.com/hearth-ci/hearth/executor/layout"
 )
 
 // Label keys put on every container and snapshot hearth creates, so that whatever a crash leaves
@@ -28,16 +29,6 @@ const (
 	LabelProject     = "hearth.project"
 	LabelCreated     = "hearth.created"
 	LabelEnvironment = "hearth.environment"
-)
-
-// Container paths that hearth manages.
-const (
-	containerBuilds = "/builds"
-	containerCache  = "/cache"
-	agentBinary     = "/.hearth/bin/hearth"
-	agentDir        = "/.hearth/run"
-	agentSocketName = "agent.sock"
-	daemonSocket    = "/nix/var/nix/daemon-socket/socket"
 )
 
 // Executor creates, runs and removes job containers.
@@ -154,7 +145,7 @@ func (e *Executor) jobDir(id string) string {
 }
 
 func (e *Executor) agentSocket(id string) string {
-	return filepath.Join(e.jobDir(id), "agent", agentSocketName)
+	return filepath.Join(e.jobDir(id), "agent", layout.AgentSocketName)
 }
 
 // Run runs one stage's script in the job's container, streaming its output (stdout and stderr

@@ -16,6 +16,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/hearth-ci/hearth/executor/agent"
+	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/nix"
 )
 
 // agentStartTimeout bounds how long prepare waits for the agent to answer.
@@ -58,7 +60,7 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 		// The first job of an image remaps its root to the user namespace, in a snapshot that
 		// later jobs share: one prepare at a time does that, and a cancelled prepare does not
 		// stop it half-way (containerd would leave the half-made snapshot in the way).
-		unlock, err := e.lock("image-" + job.Env.Image)
+		unlock, err := e.lock(ctx, "image-"+job.Env.Image)
 		if err != nil {
 			return err
 		}
@@ -177,12 +179,12 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	}
 
 	mounts := []specs.Mount{
-		{Destination: "/nix/store", Type: "bind", Source: "/nix/store", Options: []string{"rbind", "ro", "nosuid", "nodev"}},
-		{Destination: daemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
-		{Destination: agentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
-		{Destination: agentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
-		{Destination: containerBuilds, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
-		{Destination: containerCache, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
+		{Destination: layout.StoreDir, Type: "bind", Source: nix.StoreDir, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: layout.DaemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
+		{Destination: layout.AgentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
+		{Destination: layout.AgentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
+		{Destination: layout.BuildsDir, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
+		{Destination: layout.CacheDir, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
 		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
 		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
 	}
@@ -200,8 +202,7 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 		oci.WithMounts(mounts),
 		oci.WithUserNamespace(idmap, idmap),
 		oci.WithHostname(hostname(job.ID)),
-		oci.WithProcessArgs(agentBinary, "agent", "--socket", agentDir+"/"+agentSocketName,
-			"--stop-timeout", e.cfg.Jobs.StopTimeout.Std().String(), "--job", job.ID),
+		oci.WithProcessArgs(agent.Options{Socket: layout.AgentSocket, StopTimeout: e.cfg.Jobs.StopTimeout.Std(), Job: job.ID}.Args(layout.AgentBinary)...),
 		oci.WithProcessCwd("/"),
 		oci.WithEnv(env),
 		oci.WithNoNewPrivileges,

@@ -5,9 +5,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/hearth-ci/hearth/executor/layout"
 )
 
 // skeletonVersion changes whenever the skeleton's layout does, so old skeletons are not reused.
@@ -18,16 +21,17 @@ const skeletonVersion = "2"
 // store. Every mount point exists beforehand because runc cannot create them inside a root owned
 // by host root once it is in the user namespace, and must not write into a shared root anyway.
 func (e *Executor) skeleton(env Environment) (string, error) {
+	rel := func(p string) string { return strings.TrimPrefix(p, "/") }
 	dirs := []string{"proc", "dev", "sys", "run", "tmp", "root", "etc", "bin", "usr/bin", "var/tmp",
-		"nix/store", "nix/var/nix/daemon-socket", ".hearth/bin", ".hearth/run",
-		strings.TrimPrefix(containerBuilds, "/"), strings.TrimPrefix(containerCache, "/")}
+		rel(layout.StoreDir), rel(path.Dir(layout.DaemonSocket)), rel(path.Dir(layout.AgentBinary)), rel(layout.AgentDir),
+		rel(layout.BuildsDir), rel(layout.CacheDir)}
 	files := map[string]string{
-		"nix/var/nix/daemon-socket/socket": "",
-		".hearth/bin/hearth":               "",
-		"etc/hosts":                        "127.0.0.1 localhost\n::1 localhost\n",
-		"etc/resolv.conf":                  "",
-		"etc/passwd":                       "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-		"etc/group":                        "root:x:0:\nnogroup:x:65534:\n",
+		rel(layout.DaemonSocket): "",
+		rel(layout.AgentBinary):  "",
+		"etc/hosts":              "127.0.0.1 localhost\n::1 localhost\n",
+		"etc/resolv.conf":        "",
+		"etc/passwd":             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group":              "root:x:0:\nnogroup:x:65534:\n",
 	}
 	links := map[string]string{
 		"bin/sh":      env.StorePath + "/bin/sh",
@@ -36,18 +40,18 @@ func (e *Executor) skeleton(env Environment) (string, error) {
 	}
 	var mountKeys []string
 	for _, m := range env.Mounts {
-		rel := strings.TrimPrefix(m.Container, "/")
+		target := rel(m.Container)
 		fi, err := os.Stat(m.Host)
 		if err != nil {
 			return "", fmt.Errorf("environment %s: mount %s:%s: %w", env.Name, m.Host, m.Container, err)
 		}
 		if fi.IsDir() {
-			dirs = append(dirs, rel)
-			mountKeys = append(mountKeys, "d:"+rel)
+			dirs = append(dirs, target)
+			mountKeys = append(mountKeys, "d:"+target)
 		} else {
-			dirs = append(dirs, filepath.Dir(rel))
-			files[rel] = ""
-			mountKeys = append(mountKeys, "f:"+rel)
+			dirs = append(dirs, filepath.Dir(target))
+			files[target] = ""
+			mountKeys = append(mountKeys, "f:"+target)
 		}
 	}
 	sort.Strings(mountKeys)

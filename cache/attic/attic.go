@@ -13,16 +13,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hearth-ci/hearth/cache"
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/nixbase32"
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nixstore"
+	"github.com/hearth-ci/hearth/secretfile"
 )
 
 // batch is how many hashes one get-missing-paths call carries: the server answers with one SQL
@@ -66,13 +64,9 @@ type CacheConfig struct {
 
 // New reads the token and asks the server about the cache, which also checks the token.
 func New(ctx context.Context, cfg Config) (*Cache, error) {
-	raw, err := os.ReadFile(cfg.TokenFile)
+	token, err := secretfile.Read(cfg.TokenFile, "the Attic token")
 	if err != nil {
-		return nil, fmt.Errorf("read the Attic token: %w", err)
-	}
-	token := strings.TrimSpace(string(raw))
-	if token == "" {
-		return nil, fmt.Errorf("the Attic token file %s is empty", cfg.TokenFile)
+		return nil, err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
@@ -114,7 +108,7 @@ func (c *Cache) Missing(ctx context.Context, paths []nixstore.PathInfo) ([]strin
 		if c.fromUpstream(p) {
 			continue
 		}
-		h, err := narinfo.HashPart(path.Base(p.Path))
+		h, err := nix.HashPart(p.Path)
 		if err != nil {
 			return nil, err
 		}
@@ -168,32 +162,26 @@ type uploadInfo struct {
 // the server never receives a complete NAR that does not match.
 func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSource) (cache.Stats, error) {
 	var st cache.Stats
-	hash, err := narinfo.HashPart(path.Base(info.Path))
+	hash, err := nix.HashPart(info.Path)
 	if err != nil {
 		return st, err
 	}
-	narHash, err := nixbase32.DecodeString(strings.TrimPrefix(info.NarHash, "sha256:"))
+	narHash, err := nix.ParseSHA256(info.NarHash)
 	if err != nil {
-		return st, fmt.Errorf("NAR hash %q: %w", info.NarHash, err)
+		return st, fmt.Errorf("NAR hash of %s: %w", info.Path, err)
 	}
+	ni := info.NarInfo()
 	ui := uploadInfo{
-		Cache: c.name, StorePathHash: hash, StorePath: info.Path,
+		Cache: c.name, StorePathHash: hash, StorePath: ni.StorePath,
 		// Attic signs over the references in the order it stores them, and Nix verifies over
 		// the sorted list: send them sorted (they already are), as base names.
-		References: []string{},
-		Sigs:       append([]string{}, info.Sigs...),
-		NarHash:    "sha256:" + hex.EncodeToString(narHash),
-		NarSize:    info.NarSize,
-	}
-	for _, r := range info.References {
-		ui.References = append(ui.References, path.Base(r))
-	}
-	if info.Deriver != "" {
-		d := path.Base(info.Deriver)
-		ui.Deriver = &d
-	}
-	if info.CA != "" {
-		ui.CA = &info.CA
+		References: ni.References,
+		Sigs:       ni.Sigs,
+		// The attic client sends the hex form.
+		NarHash: "sha256:" + hex.EncodeToString(narHash),
+		NarSize: ni.NarSize,
+		Deriver: optional(ni.Deriver),
+		CA:      optional(ni.CA),
 	}
 	meta, err := json.Marshal(ui)
 	if err != nil {
@@ -222,6 +210,14 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 		}
 	}
 	return st, lastErr
+}
+
+// optional is s as a JSON string, or null when it is empty.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 func (c *Cache) upload(ctx context.Context, info nixstore.PathInfo, meta []byte, src cache.NarSource, res any) error {

@@ -13,9 +13,9 @@ import (
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/attic"
 	"github.com/hearth-ci/hearth/cache/cachetest"
-	"github.com/hearth-ci/hearth/internal/atticd"
-	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/internal/testenv/atticd"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 var env *testenv.Env

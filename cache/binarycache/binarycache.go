@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"runtime"
 	"strings"
 	"sync"
@@ -18,10 +17,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hearth-ci/hearth/cache"
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/nixbase32"
-	"github.com/hearth-ci/hearth/cache/signing"
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/nixbase32"
+	"github.com/hearth-ci/hearth/nix/signing"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Objects is a flat store of named objects.
@@ -42,7 +41,7 @@ type Objects interface {
 var ErrNotExist = errors.New("no such object")
 
 // CacheInfo is the nix-cache-info hearth writes when a cache has none.
-const CacheInfo = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+const CacheInfo = "StoreDir: " + nix.StoreDir + "\nWantMassQuery: 1\nPriority: 40\n"
 
 // Cache is a binary cache on Objects. It implements cache.Backend.
 type Cache struct {
@@ -93,7 +92,7 @@ func (c *Cache) Missing(ctx context.Context, paths []nixstore.PathInfo) ([]strin
 }
 
 func narinfoKey(storePath string) (string, error) {
-	h, err := narinfo.HashPart(path.Base(storePath))
+	h, err := nix.HashPart(storePath)
 	if err != nil {
 		return "", err
 	}
@@ -115,9 +114,9 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 	if err != nil {
 		return st, err
 	}
-	narHash, err := nixbase32.DecodeString(strings.TrimPrefix(info.NarHash, "sha256:"))
+	narHash, err := nix.ParseSHA256(info.NarHash)
 	if err != nil {
-		return st, fmt.Errorf("NAR hash %q: %w", info.NarHash, err)
+		return st, fmt.Errorf("NAR hash of %s: %w", info.Path, err)
 	}
 	narKey := "nar/" + nixbase32.EncodeToString(narHash) + ".nar.zst"
 
@@ -157,23 +156,9 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 	if compressErr != nil {
 		return st, fmt.Errorf("upload %s: %w", narKey, compressErr)
 	}
-	ni := &narinfo.NarInfo{
-		StorePath:   info.Path,
-		URL:         narKey,
-		Compression: "zstd",
-		FileHash:    "sha256:" + nixbase32.EncodeToString(fileHash.Sum(nil)),
-		FileSize:    uint64(file.n),
-		NarHash:     info.NarHash,
-		NarSize:     info.NarSize,
-		CA:          info.CA,
-		Sigs:        append([]string{}, info.Sigs...),
-	}
-	for _, r := range info.References {
-		ni.References = append(ni.References, path.Base(r))
-	}
-	if info.Deriver != "" {
-		ni.Deriver = path.Base(info.Deriver)
-	}
+	ni := info.NarInfo()
+	ni.URL, ni.Compression = narKey, "zstd"
+	ni.FileHash, ni.FileSize = nix.FormatSHA256(fileHash.Sum(nil)), uint64(file.n)
 	if c.key != nil {
 		fp, err := ni.Fingerprint()
 		if err != nil {

@@ -11,9 +11,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/nixbase32"
-	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/narinfo"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // Problem is one thing wrong with one narinfo.
@@ -106,18 +106,14 @@ func (c *Cache) verifyOne(ctx context.Context, key string, pub *signing.PublicKe
 	if ni.FileSize != 0 && uint64(file.n) != ni.FileSize {
 		return fmt.Errorf("NAR file %s has %d bytes, the narinfo says %d", ni.URL, file.n, ni.FileSize)
 	}
-	if got := "sha256:" + nixbase32.EncodeToString(fileHash.Sum(nil)); ni.FileHash != "" && got != ni.FileHash {
+	if got := nix.FormatSHA256(fileHash.Sum(nil)); ni.FileHash != "" && got != ni.FileHash {
 		return fmt.Errorf("NAR file %s has hash %s, the narinfo says %s", ni.URL, got, ni.FileHash)
 	}
 	if uint64(n) != ni.NarSize {
 		return fmt.Errorf("NAR %s is %d bytes uncompressed, the narinfo says %d", ni.URL, n, ni.NarSize)
 	}
-	want, err := narinfo.NormalizeHash(ni.NarHash)
-	if err != nil {
-		return err
-	}
-	if got := "sha256:" + nixbase32.EncodeToString(narHash.Sum(nil)); got != want {
-		return fmt.Errorf("NAR %s has hash %s, the narinfo says %s", ni.URL, got, want)
+	if got := nix.FormatSHA256(narHash.Sum(nil)); got != ni.NarHash {
+		return fmt.Errorf("NAR %s has hash %s, the narinfo says %s", ni.URL, got, ni.NarHash)
 	}
 	return nil
 }

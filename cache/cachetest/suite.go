@@ -9,16 +9,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/zstd"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/hearth-ci/hearth/cache"
-	"github.com/hearth-ci/hearth/cache/nar"
-	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/nix/nar"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Instance is one fresh, empty cache.

@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/hearth-ci/hearth/cache/binarycache"
-	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // New returns the cache in dir, signing with key when it is not nil.

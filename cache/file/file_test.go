@@ -14,10 +14,10 @@ import (
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/cachetest"
 	"github.com/hearth-ci/hearth/cache/file"
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/signing"
-	"github.com/hearth-ci/hearth/internal/nixstore"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/nix/narinfo"
+	"github.com/hearth-ci/hearth/nix/signing"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 var env *testenv.Env

@@ -12,7 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -27,7 +26,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hearth-ci/hearth/cache/binarycache"
-	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/nix/signing"
+	"github.com/hearth-ci/hearth/secretfile"
 )
 
 // Config says which bucket, and how to reach it.
@@ -67,11 +67,11 @@ func New(ctx context.Context, cfg Config, key *signing.SecretKey) (*binarycache.
 
 // Open connects to the bucket.
 func Open(ctx context.Context, cfg Config) (*Bucket, error) {
-	id, err := readSecret(cfg.AccessKeyIDFile, "access key id")
+	id, err := secretfile.Read(cfg.AccessKeyIDFile, "the S3 access key id ([cache.s3] access_key_id_file)")
 	if err != nil {
 		return nil, err
 	}
-	secret, err := readSecret(cfg.SecretAccessKeyFile, "secret access key")
+	secret, err := secretfile.Read(cfg.SecretAccessKeyFile, "the S3 secret access key ([cache.s3] secret_access_key_file)")
 	if err != nil {
 		return nil, err
 	}
@@ -117,21 +117,6 @@ func Open(ctx context.Context, cfg Config) (*Bucket, error) {
 		return nil, b.explain("open bucket", err)
 	}
 	return b, nil
-}
-
-func readSecret(path, what string) (string, error) {
-	if path == "" {
-		return "", fmt.Errorf("no file for the S3 %s: set it in [cache.s3]", what)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read the S3 %s: %w", what, err)
-	}
-	s := strings.TrimSpace(string(raw))
-	if s == "" {
-		return "", fmt.Errorf("the S3 %s file %s is empty", what, path)
-	}
-	return s, nil
 }
 
 func (b *Bucket) String() string { return "s3://" + b.bucket + "/" + b.prefix + " at " + b.endpoint }

@@ -17,10 +17,11 @@ import (
 	"github.com/hearth-ci/hearth/cache/binarycache"
 	"github.com/hearth-ci/hearth/cache/file"
 	"github.com/hearth-ci/hearth/cache/s3"
-	"github.com/hearth-ci/hearth/cache/signing"
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/driver"
-	"github.com/hearth-ci/hearth/internal/nixstore"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/signing"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // openCache connects to the configured backend. For file and s3 it also returns the public half
@@ -209,7 +210,7 @@ func pushAction(c *cli.Context) error {
 	paths := make([]string, c.NArg())
 	for i, a := range c.Args().Slice() {
 		// Accept result symlinks and the like, as nix does.
-		if resolved, err := filepath.EvalSymlinks(a); err == nil && !strings.HasPrefix(a, nixstore.Dir+"/") {
+		if resolved, err := filepath.EvalSymlinks(a); err == nil && !strings.HasPrefix(a, nix.StoreDir+"/") {
 			a = resolved
 		}
 		paths[i] = a

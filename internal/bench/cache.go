@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hearth-ci/hearth/cache/signing"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // benchCache runs the cache benchmarks: push throughput against nix copy, re-push of a cached

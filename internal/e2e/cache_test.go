@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-ci/hearth/cache/signing"
-	"github.com/hearth-ci/hearth/internal/atticd"
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/internal/testenv/atticd"
+	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/runner"
 )
 

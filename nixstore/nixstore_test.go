@@ -66,7 +66,7 @@ func TestParseJSONErrors(t *testing.T) {
 		{`{"/nix/store/00000000000000000000000000000000-gone": null}`, "is not in the store"},
 		{`[{"path":"/nix/store/bgaikxram9ygviwg4s4dhl0k9c3gd8y5-a","narSize":1}]`, "no narHash"},
 		{`[{"path":"/nix/store/bgaikxram9ygviwg4s4dhl0k9c3gd8y5-a","narHash":{"algorithm":"md5","format":"base16","hash":"00"},"narSize":1}]`, `not sha256`},
-		{`[{"path":"/tmp/x","narHash":"sha256-knb9U7Sdy/YWj4gjrvFIevLuTiMEt+5kEtunmYK5CoY=","narSize":1}]`, "not a store path"},
+		{`[{"path":"/tmp/x","narHash":"sha256-knb9U7Sdy/YWj4gjrvFIevLuTiMEt+5kEtunmYK5CoY=","narSize":1}]`, "is not a path directly under /nix/store"},
 		{`"text"`, "expected a JSON array or object"},
 	} {
 		_, err := ParseJSON([]byte(tc.in))

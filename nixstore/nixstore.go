@@ -10,14 +10,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"sort"
 	"strings"
 
-	"github.com/hearth-ci/hearth/cache/narinfo"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/narinfo"
 )
-
-// Dir is the store directory.
-const Dir = "/nix/store"
 
 // PathInfo is what the store knows about one valid path.
 type PathInfo struct {
@@ -31,6 +30,27 @@ type PathInfo struct {
 	Deriver string
 	Sigs    []string
 	CA      string
+}
+
+// NarInfo is the narinfo of the path as far as the store knows it: everything but where a cache
+// keeps the NAR (URL, Compression, FileHash, FileSize) and the cache's own signature, which the
+// cache adds.
+func (p PathInfo) NarInfo() *narinfo.NarInfo {
+	ni := &narinfo.NarInfo{
+		StorePath:  p.Path,
+		NarHash:    p.NarHash,
+		NarSize:    p.NarSize,
+		References: make([]string, 0, len(p.References)),
+		CA:         p.CA,
+		Sigs:       append([]string{}, p.Sigs...),
+	}
+	for _, r := range p.References {
+		ni.References = append(ni.References, path.Base(r))
+	}
+	if p.Deriver != "" {
+		ni.Deriver = path.Base(p.Deriver)
+	}
+	return ni
 }
 
 // Store runs nix commands against one store.
@@ -60,7 +80,7 @@ func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([
 		return nil, nil
 	}
 	for _, p := range paths {
-		if err := checkStorePath(p); err != nil {
+		if err := nix.CheckStorePath(p); err != nil {
 			return nil, err
 		}
 	}
@@ -106,7 +126,7 @@ func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
 		return nil, nil
 	}
 	for _, d := range drvs {
-		if err := checkStorePath(d); err != nil {
+		if err := nix.CheckStorePath(d); err != nil {
 			return nil, err
 		}
 	}
@@ -121,6 +141,8 @@ func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
 	return outs, nil
 }
 
+// run runs a nix command on store paths; its error names the command and how many paths it was
+// given (a queue drained after an outage can name a thousand), and what Nix said.
 func (s *Store) run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = s.Env
@@ -128,20 +150,37 @@ func (s *Store) run(ctx context.Context, name string, args ...string) ([]byte, e
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("%s: %v: %s", describe(name, args), err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
 }
 
-func checkStorePath(p string) error {
-	rest, ok := strings.CutPrefix(p, Dir+"/")
-	if !ok || rest == "" || strings.Contains(rest, "/") {
-		return fmt.Errorf("%q is not a store path (/nix/store/<hash>-<name>)", p)
+// describe is a command line with its store-path arguments counted rather than listed.
+func describe(name string, args []string) string {
+	words := []string{name}
+	paths := 0
+	for _, a := range args {
+		if strings.HasPrefix(a, nix.StoreDir+"/") {
+			paths++
+			continue
+		}
+		words = append(words, a)
 	}
-	if _, err := narinfo.HashPart(rest); err != nil {
-		return fmt.Errorf("%q is not a store path: %w", p, err)
+	switch paths {
+	case 0:
+	case 1:
+		words = append(words, "(1 store path)")
+	default:
+		words = append(words, fmt.Sprintf("(%d store paths)", paths))
 	}
-	return nil
+	return strings.Join(words, " ")
+}
+
+// Has reports whether path is in the store now: a queued path may have been garbage-collected
+// since it was built.
+func (s *Store) Has(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // jsonInfo is one path's entry in `nix path-info --json`, in any of the shapes Nix has printed:
@@ -201,7 +240,7 @@ func ParseJSON(b []byte) ([]PathInfo, error) {
 }
 
 func (e jsonInfo) info() (PathInfo, error) {
-	if err := checkStorePath(e.Path); err != nil {
+	if err := nix.CheckStorePath(e.Path); err != nil {
 		return PathInfo{}, err
 	}
 	hash, err := parseHash(e.NarHash)
@@ -213,11 +252,11 @@ func (e jsonInfo) info() (PathInfo, error) {
 	}
 	pi := PathInfo{Path: e.Path, NarHash: hash, NarSize: e.NarSize, Sigs: e.Signatures}
 	for _, r := range e.References {
-		pi.References = append(pi.References, fullPath(r))
+		pi.References = append(pi.References, nix.StorePath(r))
 	}
 	sort.Strings(pi.References)
 	if e.Deriver != nil && *e.Deriver != "" {
-		pi.Deriver = fullPath(*e.Deriver)
+		pi.Deriver = nix.StorePath(*e.Deriver)
 	}
 	if len(e.CA) > 0 && string(e.CA) != "null" {
 		ca, err := parseCA(e.CA)
@@ -235,7 +274,7 @@ func parseHash(raw json.RawMessage) (string, error) {
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err == nil {
-		return narinfo.NormalizeHash(s)
+		return nix.NormalizeHash(s)
 	}
 	var structured struct {
 		Algorithm string `json:"algorithm"`
@@ -250,9 +289,9 @@ func parseHash(raw json.RawMessage) (string, error) {
 	}
 	switch structured.Format {
 	case "base64", "sri":
-		return narinfo.NormalizeHash("sha256-" + structured.Hash)
+		return nix.NormalizeHash("sha256-" + structured.Hash)
 	case "nix32", "base32", "base16", "hex":
-		return narinfo.NormalizeHash("sha256:" + structured.Hash)
+		return nix.NormalizeHash("sha256:" + structured.Hash)
 	}
 	return "", fmt.Errorf("hash format %q is not known", structured.Format)
 }
@@ -280,13 +319,6 @@ func parseCA(raw json.RawMessage) (string, error) {
 		return "", fmt.Errorf("ca method %q is not known", structured.Method)
 	}
 	return prefix + hash, nil
-}
-
-func fullPath(p string) string {
-	if strings.HasPrefix(p, "/") {
-		return p
-	}
-	return Dir + "/" + p
 }
 
 // Order returns infos with every path after the paths it references (those among infos), so

@@ -9,9 +9,6 @@ package narinfo
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,18 +16,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/hearth-ci/hearth/cache/nixbase32"
+	"github.com/hearth-ci/hearth/nix"
 )
-
-// storeDir is the only store directory hearth serves; Nix also refuses narinfo files whose
-// StorePath lies outside the store it reads them for.
-const storeDir = "/nix/store"
-
-// hashPartLen is the length of the nixbase32 hash in a store path's base name (160 bits).
-const hashPartLen = 32
-
-// maxNameLen is Nix's limit on the name after the hash part.
-const maxNameLen = 211
 
 // NarInfo is one .narinfo file.
 type NarInfo struct {
@@ -124,7 +111,7 @@ func splitLine(line string) (name, value string, err error) {
 
 var setters = map[string]func(n *NarInfo, value string) error{
 	"StorePath": func(n *NarInfo, v string) error {
-		if err := checkStorePath(v); err != nil {
+		if err := nix.CheckStorePath(v); err != nil {
 			return err
 		}
 		n.StorePath = v
@@ -139,7 +126,7 @@ var setters = map[string]func(n *NarInfo, value string) error{
 		return nil
 	},
 	"FileHash": func(n *NarInfo, v string) error {
-		h, err := NormalizeHash(v)
+		h, err := nix.NormalizeHash(v)
 		n.FileHash = h
 		return err
 	},
@@ -148,7 +135,7 @@ var setters = map[string]func(n *NarInfo, value string) error{
 		return err
 	},
 	"NarHash": func(n *NarInfo, v string) error {
-		h, err := NormalizeHash(v)
+		h, err := nix.NormalizeHash(v)
 		n.NarHash = h
 		return err
 	},
@@ -162,7 +149,7 @@ var setters = map[string]func(n *NarInfo, value string) error{
 			if ref == "" {
 				continue
 			}
-			if err := checkBaseName(ref); err != nil {
+			if err := nix.CheckBaseName(ref); err != nil {
 				return err
 			}
 			n.References = append(n.References, ref)
@@ -174,7 +161,7 @@ var setters = map[string]func(n *NarInfo, value string) error{
 			// What old Nix versions wrote for paths without a known deriver.
 			return nil
 		}
-		if err := checkBaseName(v); err != nil {
+		if err := nix.CheckBaseName(v); err != nil {
 			return err
 		}
 		n.Deriver = v
@@ -253,10 +240,10 @@ func (n *NarInfo) String() string {
 // it binds the path to its NAR's content and its references, and nothing else, so URL,
 // compression and CA may change without re-signing.
 func (n *NarInfo) Fingerprint() (string, error) {
-	if err := checkStorePath(n.StorePath); err != nil {
+	if err := nix.CheckStorePath(n.StorePath); err != nil {
 		return "", fmt.Errorf("narinfo fingerprint: StorePath: %w", err)
 	}
-	narHash, err := NormalizeHash(n.NarHash)
+	narHash, err := nix.NormalizeHash(n.NarHash)
 	if err != nil {
 		return "", fmt.Errorf("narinfo fingerprint of %s: NarHash: %w", n.StorePath, err)
 	}
@@ -265,107 +252,14 @@ func (n *NarInfo) Fingerprint() (string, error) {
 	}
 	refs := make([]string, 0, len(n.References))
 	for _, ref := range n.References {
-		if err := checkBaseName(ref); err != nil {
+		if err := nix.CheckBaseName(ref); err != nil {
 			return "", fmt.Errorf("narinfo fingerprint of %s: References: %w", n.StorePath, err)
 		}
-		refs = append(refs, storeDir+"/"+ref)
+		refs = append(refs, nix.StorePath(ref))
 	}
 	// Nix holds references in a sorted set, so the signed list is sorted and duplicate-free
 	// whatever order the file used.
 	slices.Sort(refs)
 	refs = slices.Compact(refs)
 	return "1;" + n.StorePath + ";" + narHash + ";" + strconv.FormatUint(n.NarSize, 10) + ";" + strings.Join(refs, ","), nil
-}
-
-// HashPart returns the 32-character hash of a store path (/nix/store/<hash>-<name>) or of its
-// base name (<hash>-<name>), which is what a binary cache names the path's narinfo after.
-func HashPart(storePath string) (string, error) {
-	base := storePath
-	if strings.Contains(storePath, "/") {
-		if err := checkStorePath(storePath); err != nil {
-			return "", err
-		}
-		base = storePath[len(storeDir)+1:]
-	} else if err := checkBaseName(base); err != nil {
-		return "", err
-	}
-	return base[:hashPartLen], nil
-}
-
-func checkStorePath(p string) error {
-	base, ok := strings.CutPrefix(p, storeDir+"/")
-	if !ok || strings.Contains(base, "/") {
-		return fmt.Errorf("%q is not a path directly under %s", p, storeDir)
-	}
-	return checkBaseName(base)
-}
-
-// checkBaseName applies Nix's rules for <hash>-<name>, so that nothing Parse accepts is a
-// path Nix would refuse (or one that could escape the store directory, like "..").
-func checkBaseName(base string) error {
-	if len(base) < hashPartLen+2 || base[hashPartLen] != '-' {
-		return fmt.Errorf("store path name %q is not <32-character hash>-<name>", base)
-	}
-	hash, name := base[:hashPartLen], base[hashPartLen+1:]
-	if _, err := nixbase32.DecodeString(hash); err != nil {
-		return fmt.Errorf("store path name %q has a bad hash part: %w", base, err)
-	}
-	if len(name) > maxNameLen {
-		return fmt.Errorf("store path name %q: name longer than %d characters", base, maxNameLen)
-	}
-	for i := range len(name) {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
-			return fmt.Errorf("store path name %q: character %q is not allowed", base, name[i:i+1])
-		}
-	}
-	return nil
-}
-
-// NormalizeHash returns a SHA-256 hash in the form narinfo files and fingerprints use,
-// "sha256:<nix32>". It accepts that form, "sha256:<hex>", "sha256:<base64>" (as Nix does) and
-// SRI "sha256-<base64>"; other algorithms are refused because narinfo hashes are always SHA-256.
-func NormalizeHash(h string) (string, error) {
-	var raw []byte
-	var err error
-	if rest, ok := strings.CutPrefix(h, "sha256-"); ok {
-		raw, err = decodeBase64(rest)
-		if err != nil {
-			return "", fmt.Errorf("hash %q: bad SRI base64: %w", h, err)
-		}
-	} else if rest, ok := strings.CutPrefix(h, "sha256:"); ok {
-		// Nix tells the encodings apart by length, which works because they all differ.
-		switch len(rest) {
-		case nixbase32.EncodedLen(sha256.Size):
-			raw, err = nixbase32.DecodeString(rest)
-		case hex.EncodedLen(sha256.Size):
-			raw, err = hex.DecodeString(rest)
-		case base64.StdEncoding.EncodedLen(sha256.Size):
-			raw, err = decodeBase64(rest)
-		default:
-			return "", fmt.Errorf("hash %q: %d characters is no encoding of a SHA-256 hash (want 52 nix32, 64 hex or 44 base64)", h, len(rest))
-		}
-		if err != nil {
-			return "", fmt.Errorf("hash %q: %w", h, err)
-		}
-	} else {
-		algo, _, found := strings.Cut(h, ":")
-		if !found {
-			algo, _, found = strings.Cut(h, "-")
-		}
-		if !found {
-			return "", fmt.Errorf("hash %q has no sha256: or sha256- prefix", h)
-		}
-		return "", fmt.Errorf("hash %q: algorithm %q is not sha256", h, algo)
-	}
-	if len(raw) != sha256.Size {
-		return "", fmt.Errorf("hash %q is %d bytes, not the %d of SHA-256", h, len(raw), sha256.Size)
-	}
-	return "sha256:" + nixbase32.EncodeToString(raw), nil
-}
-
-// decodeBase64 is as lenient as Nix's decoder, which accepts missing or extra padding and stray
-// low bits; the result is re-encoded anyway, so leniency cannot create a second spelling.
-func decodeBase64(s string) ([]byte, error) {
-	return base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
 }

@@ -13,9 +13,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"unicode"
+
+	"github.com/hearth-ci/hearth/secretfile"
 )
 
 // SecretKey signs narinfo fingerprints under Name.
@@ -61,11 +62,11 @@ func ParseSecretKey(s string) (SecretKey, error) {
 // LoadSecretKey reads a secret key file, such as one written by
 // nix-store --generate-binary-cache-key.
 func LoadSecretKey(path string) (SecretKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path, "the signing key")
 	if err != nil {
-		return SecretKey{}, fmt.Errorf("reading secret key: %w", err)
+		return SecretKey{}, err
 	}
-	k, err := ParseSecretKey(string(b))
+	k, err := ParseSecretKey(b)
 	if err != nil {
 		// The content is secret, so the error names the file and what is wrong, never the key.
 		return SecretKey{}, fmt.Errorf("%s is not a Nix secret key (name:base64): %w", path, err)

@@ -26,9 +26,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/nixbase32"
-	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/nix/narinfo"
+	"github.com/hearth-ci/hearth/nix/nixbase32"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // Permissions a token has on caches whose name matches a pattern ("*" allowed, as in Attic).

@@ -247,8 +247,9 @@ func TestLoadSecretKey(t *testing.T) {
 		want       string // a regexp the error must match, "" for success
 	}{
 		{"with final newline", write("nl.sk", sk.String()+"\n"), ""},
-		{"missing", filepath.Join(dir, "absent.sk"), `^reading secret key: open .*/absent\.sk: no such file or directory$`},
-		{"a directory", dir, `^reading secret key: read .*: is a directory$`},
+		{"missing", filepath.Join(dir, "absent.sk"), `^read the signing key: open .*/absent\.sk: no such file or directory$`},
+		{"a directory", dir, `^read the signing key: read .*: is a directory$`},
+		{"empty", write("empty.sk", "\n"), `^the signing key file .*/empty\.sk is empty$`},
 		{"public key file", write("pk", pk.String()), `/pk is not a Nix secret key \(name:base64\): secret key "hearth-test-1": key is 32 bytes, want 64$`},
 		{"garbage", write("junk", "-----BEGIN OPENSSH PRIVATE KEY-----\n"), `/junk is not a Nix secret key \(name:base64\): secret key has no ':'`},
 	}

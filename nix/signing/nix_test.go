@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-ci/hearth/cache/narinfo"
-	"github.com/hearth-ci/hearth/cache/signing"
+	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/narinfo"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // nixEnv runs the Nix command line against throwaway stores under dir, so that the test needs no
@@ -115,7 +116,7 @@ func TestNixAcceptsOurKeys(t *testing.T) {
 	e.mustRun("nix", "--extra-experimental-features", "nix-command", "copy", "--store", src,
 		"--to", "file://"+cacheDir+"?compression=none", storePath)
 
-	hash, err := narinfo.HashPart(storePath)
+	hash, err := nix.HashPart(storePath)
 	if err != nil {
 		t.Fatal(err)
 	}
