@@ -12,6 +12,7 @@ import (
 
 	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/nar"
+	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
@@ -31,6 +32,34 @@ type Backend interface {
 	// String names the cache for people: "s3://bucket/prefix", "attic https://host/ cache".
 	String() string
 }
+
+// Verifier is a Backend that can check what it holds (hearth cache verify). Callers find it by
+// type assertion; a backend that cannot read its own contents back does not implement it.
+type Verifier interface {
+	// Verify checks the narinfos of storePaths, or of every path the cache holds when storePaths
+	// is empty: each NAR exists, its sizes and hashes match, and a signature verifies with pub —
+	// or, when pub is nil, with the cache's own key, when it has one. It reads the whole cache, so
+	// it is for people, not for every push. The error is for a cache that cannot be read at all or
+	// a request it cannot answer; what is wrong with single paths is in the Verification.
+	Verify(ctx context.Context, pub *signing.PublicKey, storePaths []string) (Verification, error)
+}
+
+// Verification is what Verify found.
+type Verification struct {
+	// Checked is how many narinfos were checked.
+	Checked  int
+	Problems []Problem
+	// Key is the key signatures were checked with; nil when they were not checked.
+	Key *signing.PublicKey
+}
+
+// Problem is one thing wrong with one narinfo.
+type Problem struct {
+	Narinfo string
+	Err     error
+}
+
+func (p Problem) Error() string { return p.Narinfo + ": " + p.Err.Error() }
 
 // NarSource opens a fresh NAR stream of one path.
 type NarSource func() (io.ReadCloser, error)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -14,12 +13,25 @@ import (
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
+// Store is the Nix store a Pusher reads; nixstore.Store on a runner host.
+type Store interface {
+	// Closure returns the path info of paths and of everything they reference; Info that of
+	// paths alone. A path that is not valid in the store is an error.
+	Closure(ctx context.Context, paths []string) ([]nixstore.PathInfo, error)
+	Info(ctx context.Context, paths []string) ([]nixstore.PathInfo, error)
+	// Outputs returns the output paths of derivations.
+	Outputs(ctx context.Context, drvs ...string) ([]string, error)
+	// Has reports whether path is in the store: what was queued may have been collected since.
+	Has(path string) bool
+}
+
 // Pusher pushes closures to a backend.
 type Pusher struct {
 	Backend Backend
-	Store   *nixstore.Store
-	// Jobs is how many paths are uploaded at once (default 4).
-	Jobs int
+	Store   Store
+	// Uploads is how many paths are uploaded at once (default 4). Each upload also compresses,
+	// so on a runner with few cores this bounds CPU as much as connections.
+	Uploads int
 	// LockDir, when set, holds the locks that keep pushers (in this process or others) from
 	// uploading the same path at the same time.
 	LockDir string
@@ -53,16 +65,26 @@ func (s Summary) add(o Summary) Summary {
 		NarBytes: s.NarBytes + o.NarBytes, FileBytes: s.FileBytes + o.FileBytes, Elapsed: s.Elapsed + o.Elapsed}
 }
 
-// Push uploads paths (with their closures when closure is set) that the cache lacks, each after
-// the paths it references. It returns what it did even when it fails part-way; paths whose upload
-// or whose dependencies' upload failed are not in the cache afterwards.
-func (p *Pusher) Push(ctx context.Context, paths []string, closure bool) (Summary, error) {
+// Scope says what a push sends of the paths it is given.
+type Scope int
+
+const (
+	// Closures sends each path with everything it references, as a cache must hold it.
+	Closures Scope = iota
+	// PathsOnly sends the paths named, for a person who knows the rest is there.
+	PathsOnly
+)
+
+// Push uploads paths (with their closures, by scope) that the cache lacks, each after the paths it
+// references. It returns what it did even when it fails part-way; paths whose upload or whose
+// dependencies' upload failed are not in the cache afterwards.
+func (p *Pusher) Push(ctx context.Context, paths []string, scope Scope) (Summary, error) {
 	start := time.Now()
 	var sum Summary
 	if len(paths) == 0 {
 		return sum, nil
 	}
-	infos, gone, err := p.info(ctx, paths, closure)
+	infos, gone, err := p.info(ctx, paths, scope)
 	sum.Gone = len(gone)
 	if err != nil {
 		return sum, err
@@ -93,10 +115,10 @@ func (p *Pusher) Push(ctx context.Context, paths []string, closure bool) (Summar
 
 // info reads the path info, leaving out roots that are no longer in the store (a queued path may
 // have been garbage-collected since it was built).
-func (p *Pusher) info(ctx context.Context, paths []string, closure bool) ([]nixstore.PathInfo, []string, error) {
+func (p *Pusher) info(ctx context.Context, paths []string, scope Scope) ([]nixstore.PathInfo, []string, error) {
 	var gone, valid []string
 	for _, path := range paths {
-		if _, err := os.Lstat(path); err != nil {
+		if !p.Store.Has(path) {
 			gone = append(gone, path)
 			continue
 		}
@@ -107,7 +129,7 @@ func (p *Pusher) info(ctx context.Context, paths []string, closure bool) ([]nixs
 	}
 	var infos []nixstore.PathInfo
 	var err error
-	if closure {
+	if scope == Closures {
 		infos, err = p.Store.Closure(ctx, valid)
 	} else {
 		infos, err = p.Store.Info(ctx, valid)
@@ -141,10 +163,10 @@ func failedCount(err error) int {
 	return 0
 }
 
-// upload pushes todo (ordered dependencies first) with at most Jobs uploads at once; a path starts
-// only when the paths it references that are also being pushed are done.
+// upload pushes todo (ordered dependencies first) with at most Uploads uploads at once; a path
+// starts only when the paths it references that are also being pushed are done.
 func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start time.Time) (int, Stats, error) {
-	jobs := p.Jobs
+	jobs := p.Uploads
 	if jobs < 1 {
 		jobs = 4
 	}
@@ -201,7 +223,7 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 						}
 					}
 				case <-cancelled:
-					res.err = ctx.Err()
+					res.err = fmt.Errorf("%s: not pushed: stopped while it waited for an upload slot: %w", in.Path, ctx.Err())
 				}
 			}
 			if res.err != nil {

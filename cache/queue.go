@@ -16,7 +16,6 @@ import (
 
 	"github.com/hearth-ci/hearth/filelock"
 	"github.com/hearth-ci/hearth/nix"
-	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Queue is the directory the post-build-hook fills and drainers empty. Each hook call writes one
@@ -83,11 +82,16 @@ type Batch struct {
 // is pushed in rounds of bounded size.
 const maxBatch = 200
 
-// Take locks and reads the entries no other drainer holds, at most maxBatch. With wait set, it
-// also waits for entries another drainer holds: when it lets them go still queued (its push
-// failed), they are taken here; when it has pushed them, they are gone. A job's flush waits, so
-// that what the job built is in the cache, or reported as not, when its script ends.
-func (q Queue) Take(ctx context.Context, wait bool) (*Batch, error) {
+// Take locks and reads the entries no other drainer holds, at most maxBatch.
+func (q Queue) Take(ctx context.Context) (*Batch, error) { return q.take(ctx, false) }
+
+// TakeWaiting is Take that also waits for entries another drainer holds: when it lets them go
+// still queued (its push failed), they are taken here; when it has pushed them, they are gone. A
+// job's flush waits, so that what the job built is in the cache, or reported as not, when its
+// script ends.
+func (q Queue) TakeWaiting(ctx context.Context) (*Batch, error) { return q.take(ctx, true) }
+
+func (q Queue) take(ctx context.Context, wait bool) (*Batch, error) {
 	names, err := os.ReadDir(q.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Batch{}, nil
@@ -212,93 +216,4 @@ func (b *Batch) Release() {
 		}
 	}
 	b.files = nil
-}
-
-// Drain pushes the entries the queue holds, a batch at a time, and removes each entry once its
-// paths are in the cache. With wait set it also waits for entries other drainers hold (see Take).
-// When a push fails, each entry is pushed on its own, so that one path that cannot be pushed
-// holds back only its own entry; those stay queued.
-func Drain(ctx context.Context, q Queue, p *Pusher, wait bool) (DrainResult, error) {
-	var res DrainResult
-	for {
-		b, err := q.Take(ctx, wait)
-		if err != nil {
-			return res, err
-		}
-		res.Corrupt = append(res.Corrupt, b.Corrupt...)
-		if len(b.Entries) == 0 {
-			return res, nil
-		}
-		res.Entries += len(b.Entries)
-		sum, err := drainBatch(ctx, b, p)
-		res.Summary = res.Summary.add(sum)
-		b.Release()
-		if err != nil {
-			return res, err
-		}
-		if len(b.Entries) < maxBatch {
-			return res, nil
-		}
-	}
-}
-
-func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, error) {
-	paths, err := entryPaths(ctx, p.Store, b.Entries...)
-	if err != nil {
-		return Summary{}, err
-	}
-	sum, err := p.Push(ctx, paths, true)
-	if err == nil {
-		return sum, b.Done()
-	}
-	if len(b.Entries) == 1 || ctx.Err() != nil {
-		return sum, err
-	}
-	first := err
-	failed := 0
-	for i, e := range b.Entries {
-		paths, err := entryPaths(ctx, p.Store, e)
-		if err == nil {
-			var s Summary
-			s, err = p.Push(ctx, paths, true)
-			sum = sum.add(s)
-		}
-		if err != nil {
-			failed++
-			continue
-		}
-		if err := b.finish(i); err != nil {
-			return sum, err
-		}
-	}
-	return sum, fmt.Errorf("%d of %d queued builds were not pushed and stay queued: %w", failed, len(b.Entries), first)
-}
-
-// entryPaths lists the paths entries name: their outputs, and the outputs of their derivations.
-func entryPaths(ctx context.Context, store *nixstore.Store, entries ...Entry) ([]string, error) {
-	var paths, drvs []string
-	seen := map[string]bool{}
-	add := func(ps ...string) {
-		for _, x := range ps {
-			if !seen[x] {
-				seen[x] = true
-				paths = append(paths, x)
-			}
-		}
-	}
-	for _, e := range entries {
-		add(e.Outputs...)
-		if e.Drv != "" {
-			if _, err := os.Stat(e.Drv); err != nil {
-				continue // the derivation was collected, and its outputs cannot be named any more
-			}
-			drvs = append(drvs, e.Drv)
-		}
-	}
-	outs, err := store.Outputs(ctx, drvs...)
-	if err != nil {
-		return nil, fmt.Errorf("outputs of the queued derivations: %w", err)
-	}
-	add(outs...)
-	return paths, nil
 }

@@ -20,7 +20,7 @@ func TestQueueAddTakeDone(t *testing.T) {
 	if err := q.Add(nil, ""); err != nil {
 		t.Fatal(err)
 	}
-	b, err := q.Take(context.Background(), false)
+	b, err := q.Take(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,12 +34,12 @@ func TestQueueAddTakeDone(t *testing.T) {
 		t.Fatalf("second entry %+v", b.Entries[1])
 	}
 	// A second drainer finds nothing to take while the first holds the entries.
-	b2, err := q.Take(context.Background(), false)
+	b2, err := q.Take(context.Background())
 	if err != nil || len(b2.Entries) != 0 {
 		t.Fatalf("a second drainer took %+v (%v)", b2, err)
 	}
 	b.Release()
-	b3, err := q.Take(context.Background(), false)
+	b3, err := q.Take(context.Background())
 	if err != nil || len(b3.Entries) != 2 {
 		t.Fatalf("after release: %+v (%v)", b3, err)
 	}
@@ -67,7 +67,7 @@ func TestQueueCorruptEntriesStay(t *testing.T) {
 	if err := q.Add([]string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"}, ""); err != nil {
 		t.Fatal(err)
 	}
-	b, err := q.Take(context.Background(), false)
+	b, err := q.Take(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -71,11 +72,12 @@ type Cache struct {
 	Required bool `toml:"required"`
 	// QueueDir holds the paths the post-build hook has queued and not yet pushed.
 	QueueDir string `toml:"queue_dir"`
-	// Jobs is how many paths are uploaded at once.
-	Jobs  int        `toml:"jobs"`
-	File  FileCache  `toml:"file"`
-	S3    S3Cache    `toml:"s3"`
-	Attic AtticCache `toml:"attic"`
+	// Uploads is how many paths are uploaded (and compressed) at once. Its key is "jobs", as in
+	// nix copy's and attic push's own option.
+	Uploads int        `toml:"jobs"`
+	File    FileCache  `toml:"file"`
+	S3      S3Cache    `toml:"s3"`
+	Attic   AtticCache `toml:"attic"`
 }
 
 // FileCache is a binary-cache directory on this host.
@@ -120,13 +122,13 @@ func Default() Config {
 			Network:            "host",
 			UIDMapStart:        100000,
 			UIDMapSize:         65536,
-			StopTimeout:        Duration(5e9),
+			StopTimeout:        Duration(5 * time.Second),
 		},
 		Cache: Cache{
 			Backend:  "file",
 			Push:     "always",
 			QueueDir: "/var/lib/hearth/queue",
-			Jobs:     4,
+			Uploads:  4,
 			File:     FileCache{Dir: "/var/lib/hearth/binary-cache"},
 			S3:       S3Cache{Region: "us-east-1"},
 		},

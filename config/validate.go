@@ -70,6 +70,9 @@ func (c *Config) validate(src []byte) error {
 	return c.Cache.validate(at)
 }
 
+// CacheBackends are the values [cache] backend may take.
+var CacheBackends = []string{"file", "s3", "attic"}
+
 func (c Cache) validate(at func(key ...string) string) error {
 	switch c.Push {
 	case "always", "protected", "never":
@@ -79,8 +82,8 @@ func (c Cache) validate(at func(key ...string) string) error {
 	if !filepath.IsAbs(c.QueueDir) {
 		return fmt.Errorf("%s = %q: must be an absolute path", at("cache", "queue_dir"), c.QueueDir)
 	}
-	if c.Jobs < 1 || c.Jobs > 64 {
-		return fmt.Errorf("%s = %d: must be between 1 and 64", at("cache", "jobs"), c.Jobs)
+	if c.Uploads < 1 || c.Uploads > 64 {
+		return fmt.Errorf("%s = %d: must be between 1 and 64", at("cache", "jobs"), c.Uploads)
 	}
 	absOrEmpty := func(val string, key ...string) error {
 		if val != "" && !filepath.IsAbs(val) {
@@ -114,7 +117,7 @@ func (c Cache) validate(at func(key ...string) string) error {
 			errs = append(errs, fmt.Errorf("%s = %q: must be an http:// or https:// URL", at("cache", "attic", "endpoint"), c.Attic.Endpoint))
 		}
 	default:
-		return fmt.Errorf("%s = %q: must be \"file\", \"s3\" or \"attic\"", at("cache", "backend"), c.Backend)
+		return fmt.Errorf("%s = %q: must be one of %s", at("cache", "backend"), c.Backend, strings.Join(CacheBackends, ", "))
 	}
 	for _, err := range errs {
 		if err != nil {

@@ -12,9 +12,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor"
 	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Executor runs job containers. Prepare is called once per prepare attempt and must remove
@@ -26,21 +28,25 @@ type Executor interface {
 	Cleanup(ctx context.Context, id string) error
 }
 
-// Flusher pushes what jobs built to the binary cache and accounts for it in the job log.
+// Flusher pushes what jobs built to the binary cache; cache.Flusher is one.
 type Flusher interface {
-	Flush(ctx context.Context, log io.Writer) error
+	// Flush pushes what is queued, waiting for what other pushers hold, and tells pushed of each
+	// path it uploads, one at a time. It is called once per successful user script.
+	Flush(ctx context.Context, pushed func(nixstore.PathInfo, cache.Stats)) (cache.DrainResult, error)
+	// String names the cache for people.
+	String() string
 }
 
 // Driver carries out the four stages of the custom-executor contract.
 type Driver struct {
-	Config  *config.Config
-	Exec    Executor
-	Env     Env
+	Config     *config.Config
+	Exec       Executor
+	Invocation Invocation
+	// Stdout is the job log.
 	Stdout  io.Writer
-	Stderr  io.Writer
 	Version string
-	// Cache opens the binary cache; it is called only when a push is due.
-	Cache func(ctx context.Context) (Flusher, error)
+	// OpenFlusher connects to the binary cache; it is called only when a push is due.
+	OpenFlusher func(ctx context.Context) (Flusher, error)
 }
 
 // configOutput is gitlab-runner's ConfigExecOutput.
@@ -68,7 +74,7 @@ func (d *Driver) ConfigStage() error {
 
 // Prepare picks the job's environment by policy and starts its container.
 func (d *Driver) Prepare(ctx context.Context) error {
-	p, err := ReadPayload(d.Env.JobResponseFile)
+	p, err := ReadPayload(d.Invocation.JobResponseFile)
 	if err != nil {
 		return err
 	}
@@ -79,9 +85,9 @@ func (d *Driver) Prepare(ctx context.Context) error {
 	spec := executor.JobSpec{
 		ID:        ContainerID(p),
 		Job:       p.JobID(),
-		Runner:    runnerKey(p, d.Env),
+		Runner:    runnerKey(p, d.Invocation),
 		Project:   fmt.Sprint(p.JobInfo.ProjectID),
-		Protected: p.GitInfo.Protected != nil && *p.GitInfo.Protected,
+		Protected: p.Protected(),
 		Env:       env,
 	}
 	for _, c := range p.Credentials {
@@ -94,26 +100,19 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		what = "image " + env.Image
 	}
 	fmt.Fprintf(d.Stdout, "Using hearth environment %s (%s)\n", env.Name, what)
-	if err := d.Exec.Prepare(ctx, spec, d.Stdout); err != nil {
-		var je *executor.JobError
-		if errors.As(err, &je) {
-			return &Failure{Kind: BuildFailure, Err: err}
-		}
-		return err
-	}
-	return nil
+	return d.Exec.Prepare(ctx, spec, d.Stdout)
 }
 
 // Run runs one stage's script (a file on the host) in the job's container. Stage names hearth
 // does not know run like any other: gitlab-runner adds stages over time.
 func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 	// A code left by an earlier stage must not be read as this one's.
-	if d.Env.BuildExitCodeFile != "" {
-		if err := os.Remove(d.Env.BuildExitCodeFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if d.Invocation.BuildExitCodeFile != "" {
+		if err := os.Remove(d.Invocation.BuildExitCodeFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("clear BUILD_EXIT_CODE_FILE: %w", err)
 		}
 	}
-	p, err := ReadPayload(d.Env.JobResponseFile)
+	p, err := ReadPayload(d.Invocation.JobResponseFile)
 	if err != nil {
 		return err
 	}
@@ -125,11 +124,12 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 	if err != nil {
 		return err
 	}
-	if err := d.Env.writeBuildExitCode(code); err != nil {
+	if err := d.Invocation.writeBuildExitCode(code); err != nil {
 		return err
 	}
 	if code != 0 {
-		return &Failure{Kind: BuildFailure, Err: fmt.Errorf("%s: exit code %d", stage, code)}
+		// The script's own output says why.
+		return &Failure{Kind: BuildFailure, Err: fmt.Errorf("%s: exit code %d", stage, code), Logged: true}
 	}
 	if isUserScript(stage) {
 		return d.push(ctx, p)
@@ -148,15 +148,15 @@ func isUserScript(stage string) bool {
 func (d *Driver) push(ctx context.Context, p *Payload) error {
 	c := d.Config.Cache
 	switch {
-	case c.Push == "never" || d.Cache == nil:
+	case c.Push == "never" || d.OpenFlusher == nil:
 		return nil
-	case c.Push == "protected" && (p.GitInfo.Protected == nil || !*p.GitInfo.Protected):
+	case c.Push == "protected" && !p.Protected():
 		fmt.Fprintf(d.Stdout, "Not pushing to the binary cache: %s is not a protected ref\n", p.GitInfo.Ref)
 		return nil
 	}
-	f, err := d.Cache(ctx)
+	f, err := d.OpenFlusher(ctx)
 	if err == nil {
-		err = f.Flush(ctx, d.Stdout)
+		err = flush(ctx, d.Stdout, f)
 	}
 	if err == nil {
 		return nil
@@ -164,13 +164,13 @@ func (d *Driver) push(ctx context.Context, p *Payload) error {
 	if c.Required {
 		return fmt.Errorf("push to the binary cache (required by [cache] required): %w", err)
 	}
-	fmt.Fprintf(d.Stdout, "\x1b[0;33mWARNING: the binary cache push failed; the paths stay queued for the next push: %v\x1b[0;m\n", err)
+	warning(d.Stdout, "the binary cache push failed; the paths stay queued for the next push: %v", err)
 	return nil
 }
 
 // Cleanup removes the job's container and everything that belongs to it.
 func (d *Driver) Cleanup(ctx context.Context) error {
-	p, err := ReadPayload(d.Env.JobResponseFile)
+	p, err := ReadPayload(d.Invocation.JobResponseFile)
 	if err != nil {
 		return err
 	}
@@ -195,7 +195,7 @@ func instance(p *Payload) string {
 
 // runnerKey groups builds dirs: per GitLab instance, then per runner. The runner's short token is a
 // variable, so a job could change it, but only to move itself among its own project's dirs.
-func runnerKey(p *Payload, env Env) string {
+func runnerKey(p *Payload, env Invocation) string {
 	token := strings.TrimSpace(env.Custom["CI_RUNNER_SHORT_TOKEN"])
 	if token == "" {
 		token = "runner"

@@ -1,11 +1,14 @@
 // Package driver is gitlab-runner's custom-executor contract: the config, prepare, run and cleanup
-// stages, the job payload and CUSTOM_ENV_* variables, image policy, and exit codes. It knows
-// nothing of containerd; it drives an Executor.
+// stages, the job payload and CUSTOM_ENV_* variables, image and push policy, the job log's
+// sections, and whose fault a failure is. It knows nothing of containerd; it drives an Executor.
 package driver
 
 import (
 	"errors"
 	"fmt"
+	"io"
+
+	"github.com/hearth-ci/hearth/executor"
 )
 
 // Kind says whose fault a failure is, which decides the exit code gitlab-runner sees.
@@ -20,10 +23,14 @@ const (
 	SystemFailure
 )
 
-// Failure is an error with a kind. Errors without one are system failures.
+// Failure is how a driver stage failed. Report makes one of every error a stage returns; its
+// kind is decided there and nowhere else.
 type Failure struct {
 	Kind Kind
 	Err  error
+	// Logged is set when the job log already says why (the script's own output): nothing more
+	// is printed.
+	Logged bool
 }
 
 func (f *Failure) Error() string { return f.Err.Error() }
@@ -33,11 +40,30 @@ func buildFailure(format string, args ...any) error {
 	return &Failure{Kind: BuildFailure, Err: fmt.Errorf(format, args...)}
 }
 
-// KindOf returns the kind of err: BuildFailure only when something in its chain says so.
-func KindOf(err error) Kind {
+// Report ends a driver stage that returned err: nil stays nil; anything else becomes a *Failure
+// whose kind is decided, and whose one-line sentence is written to log (stderr, which
+// gitlab-runner puts in the job log) unless the log already says why.
+func Report(log io.Writer, stage string, err error) error {
+	if err == nil {
+		return nil
+	}
+	f := classify(err)
+	if !f.Logged {
+		fmt.Fprintf(log, "ERROR: hearth %s: %v\n", stage, f.Err)
+	}
+	return f
+}
+
+// classify decides whose fault err is: what the driver marked, and what the executor says the
+// job caused (an environment the job chose itself), is the job's; anything else is the host's.
+func classify(err error) *Failure {
 	var f *Failure
 	if errors.As(err, &f) {
-		return f.Kind
+		return &Failure{Kind: f.Kind, Err: err, Logged: f.Logged}
 	}
-	return SystemFailure
+	var je *executor.JobError
+	if errors.As(err, &je) {
+		return &Failure{Kind: BuildFailure, Err: err}
+	}
+	return &Failure{Kind: SystemFailure, Err: err}
 }

@@ -60,3 +60,7 @@ func ReadPayload(path string) (*Payload, error) {
 
 // JobID returns the job id as a string.
 func (p *Payload) JobID() string { return strconv.FormatInt(p.ID, 10) }
+
+// Protected reports whether the job runs for a protected ref. A payload that does not say counts
+// as unprotected.
+func (p *Payload) Protected() bool { return p.GitInfo.Protected != nil && *p.GitInfo.Protected }

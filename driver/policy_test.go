@@ -1,10 +1,14 @@
 package driver
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
 	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/executor"
 )
 
 func TestChooseEnvironment(t *testing.T) {
@@ -40,7 +44,7 @@ mounts = ["/etc/ssl/certs:/etc/ssl/certs"]
 	for _, tc := range tests {
 		env, err := chooseEnvironment(cfg, tc.image)
 		if tc.refused {
-			if err == nil || KindOf(err) != BuildFailure || !strings.Contains(err.Error(), "environments: default, tools; images matching: registry.example.com/ci/*, docker.io/library/alpine:*") {
+			if err == nil || classify(err).Kind != BuildFailure || !strings.Contains(err.Error(), "environments: default, tools; images matching: registry.example.com/ci/*, docker.io/library/alpine:*") {
 				t.Errorf("%q: error %v, want a build failure listing what is allowed", tc.image, err)
 			}
 			continue
@@ -55,23 +59,44 @@ mounts = ["/etc/ssl/certs:/etc/ssl/certs"]
 	}
 }
 
-func TestExitCodes(t *testing.T) {
-	e := ParseEnv([]string{"BUILD_FAILURE_EXIT_CODE=11", "SYSTEM_FAILURE_EXIT_CODE=12", "CUSTOM_ENV_CI_JOB_ID=5", "JOB_RESPONSE_FILE=/r"})
-	if e.Custom["CI_JOB_ID"] != "5" || e.JobResponseFile != "/r" {
-		t.Fatalf("env %+v", e)
+func TestFailureKindsAndExitCodes(t *testing.T) {
+	inv := ParseInvocation([]string{"BUILD_FAILURE_EXIT_CODE=11", "SYSTEM_FAILURE_EXIT_CODE=12", "CUSTOM_ENV_CI_JOB_ID=5", "JOB_RESPONSE_FILE=/r"})
+	if inv.Custom["CI_JOB_ID"] != "5" || inv.JobResponseFile != "/r" {
+		t.Fatalf("invocation %+v", inv)
 	}
 	for _, tc := range []struct {
-		err  error
-		want int
+		name    string
+		err     error
+		code    int
+		printed bool
 	}{
-		{nil, 0},
-		{buildFailure("no"), 11},
-		{&Failure{Kind: SystemFailure, Err: errString("x")}, 12},
-		{errString("plain errors are the host's fault"), 12},
+		{"refused by policy", buildFailure("no"), 11, true},
+		{"the script's own failure", &Failure{Kind: BuildFailure, Err: errString("exit code 3"), Logged: true}, 11, false},
+		{"wrapped, keeps its kind", fmt.Errorf("prepare: %w", buildFailure("no")), 11, true},
+		{"an environment the job chose", &executor.JobError{Err: errString("pull image x: denied")}, 11, true},
+		{"marked system", &Failure{Kind: SystemFailure, Err: errString("x")}, 12, true},
+		{"plain errors are the host's fault", errString("containerd is down"), 12, true},
 	} {
-		if got := e.ExitCode(tc.err); got != tc.want {
-			t.Errorf("ExitCode(%v) = %d, want %d", tc.err, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			var log strings.Builder
+			err := Report(&log, "prepare", tc.err)
+			var f *Failure
+			if !errors.As(err, &f) {
+				t.Fatalf("Report returned %T, want *Failure", err)
+			}
+			if got := inv.ExitCode(f.Kind); got != tc.code {
+				t.Errorf("exit code %d, want %d", got, tc.code)
+			}
+			if printed := log.Len() > 0; printed != tc.printed {
+				t.Errorf("printed %q, want printed=%v", log.String(), tc.printed)
+			}
+			if tc.printed && log.String() != "ERROR: hearth prepare: "+tc.err.Error()+"\n" {
+				t.Errorf("printed %q: want one line naming the stage and the error", log.String())
+			}
+		})
+	}
+	if err := Report(io.Discard, "run", nil); err != nil {
+		t.Fatalf("Report(nil) = %v", err)
 	}
 }
 

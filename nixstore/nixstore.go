@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -347,4 +348,17 @@ func Order(infos []PathInfo) []PathInfo {
 		visit(&infos[i])
 	}
 	return out
+}
+
+// Resolve returns the store path a command-line argument names: a path in the store as it is,
+// and anything else (a result symlink, as nix-build leaves) with its links followed, as nix
+// commands take them. What cannot be resolved is returned as given, for the store to refuse.
+func Resolve(arg string) string {
+	if strings.HasPrefix(arg, nix.StoreDir+"/") {
+		return arg
+	}
+	if resolved, err := filepath.EvalSymlinks(arg); err == nil {
+		return resolved
+	}
+	return arg
 }

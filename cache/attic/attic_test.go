@@ -146,8 +146,8 @@ func TestPreambleAndBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(env.NixSocket), Jobs: 4}
-	sum, err := p.Push(ctx, []string{root}, true)
+	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(env.NixSocket), Uploads: 4}
+	sum, err := p.Push(ctx, []string{root}, cache.Closures)
 	if err != nil {
 		t.Fatal(err)
 	}

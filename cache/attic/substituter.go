@@ -7,12 +7,29 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/binarycache"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
-// Substituter returns the cache as Nix reads it — nix-cache-info, narinfos, NARs — for verify. It
-// can only read.
-func (c *Cache) Substituter() binarycache.Objects { return substituter{c} }
+var _ cache.Verifier = (*Cache)(nil)
+
+// Verify checks storePaths as Nix would substitute them, through the server's substituter
+// endpoint: an Attic server has no listing, so there must be paths to check. Signatures are
+// checked with pub, or with the key the server signs with when pub is nil.
+func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths []string) (cache.Verification, error) {
+	if len(storePaths) == 0 {
+		return cache.Verification{}, errors.New("an Attic server cannot list its paths: name the store paths to verify")
+	}
+	if pub == nil && c.PublicKey != "" {
+		k, err := signing.ParsePublicKey(c.PublicKey)
+		if err != nil {
+			return cache.Verification{}, fmt.Errorf("the key the Attic server signs with: %w", err)
+		}
+		pub = &k
+	}
+	return binarycache.New(substituter{c}, nil).Verify(ctx, pub, storePaths)
+}
 
 type substituter struct{ c *Cache }
 

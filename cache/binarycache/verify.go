@@ -11,38 +11,46 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/narinfo"
 	"github.com/hearth-ci/hearth/nix/signing"
 )
 
-// Problem is one thing wrong with one narinfo.
-type Problem struct {
-	Narinfo string
-	Err     error
-}
+var _ cache.Verifier = (*Cache)(nil)
 
-func (p Problem) Error() string { return p.Narinfo + ": " + p.Err.Error() }
-
-// Verify checks narinfos — those named by keys, or all when keys is empty: the NAR exists, its
-// compressed size and hash and its NAR size and hash match, and, when pub is given, a signature by
-// pub verifies. It returns how many narinfos it checked and the problems found; the error is for a
-// cache it could not read at all.
-func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, keys []string) (int, []Problem, error) {
+// Verify checks the narinfos of storePaths, or all the cache lists when there are none: the NAR
+// exists, its compressed size and hash and its NAR size and hash match, and a signature verifies
+// with pub, or with the public half of the cache's signing key when pub is nil.
+func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths []string) (cache.Verification, error) {
+	var v cache.Verification
+	if pub == nil && c.key != nil {
+		k := c.key.Public()
+		pub = &k
+	}
+	v.Key = pub
+	var keys []string
+	for _, p := range storePaths {
+		k, err := narinfoKey(p)
+		if err != nil {
+			return v, fmt.Errorf("verify %s: %w", p, err)
+		}
+		keys = append(keys, k)
+	}
 	if len(keys) == 0 {
 		var err error
 		if keys, err = c.objects.List(ctx, ".narinfo"); err != nil {
-			return 0, nil, fmt.Errorf("list narinfos: %w", err)
+			return v, fmt.Errorf("list narinfos: %w", err)
 		}
 	}
 	sort.Strings(keys)
-	var problems []Problem
 	for _, k := range keys {
 		if err := c.verifyOne(ctx, k, pub); err != nil {
-			problems = append(problems, Problem{Narinfo: k, Err: err})
+			v.Problems = append(v.Problems, cache.Problem{Narinfo: k, Err: err})
 		}
 	}
-	return len(keys), problems, nil
+	v.Checked = len(keys)
+	return v, nil
 }
 
 func (c *Cache) verifyOne(ctx context.Context, key string, pub *signing.PublicKey) error {

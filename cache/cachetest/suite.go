@@ -36,7 +36,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 	ctx := context.Background()
 	store := nixstore.Daemon(env.NixSocket)
 	pusher := func(b cache.Backend) *cache.Pusher {
-		return &cache.Pusher{Backend: b, Store: store, Jobs: 3, LockDir: t.TempDir()}
+		return &cache.Pusher{Backend: b, Store: store, Uploads: 3, LockDir: t.TempDir()}
 	}
 
 	t.Run("push a closure, then nothing more", func(t *testing.T) {
@@ -57,7 +57,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		if len(missing) != len(infos) {
 			t.Fatalf("an empty cache says it lacks %d of %d paths", len(missing), len(infos))
 		}
-		sum, err := pusher(in.Backend).Push(ctx, []string{top}, true)
+		sum, err := pusher(in.Backend).Push(ctx, []string{top}, cache.Closures)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +67,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		if missing, err = in.Backend.Missing(ctx, infos); err != nil || len(missing) != 0 {
 			t.Fatalf("after the push the cache lacks %v (%v)", missing, err)
 		}
-		sum, err = pusher(in.Backend).Push(ctx, []string{top}, true)
+		sum, err = pusher(in.Backend).Push(ctx, []string{top}, cache.Closures)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +97,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := pusher(in.Backend).Push(ctx, chain, true); err != nil {
+		if _, err := pusher(in.Backend).Push(ctx, chain, cache.Closures); err != nil {
 			t.Fatal(err)
 		}
 		in.Tamper(t, chain[0])
@@ -137,7 +137,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sum, err := pusher(in.Backend).Push(ctx, []string{big}, false)
+		sum, err := pusher(in.Backend).Push(ctx, []string{big}, cache.PathsOnly)
 		if err != nil {
 			t.Fatal(err)
 		}

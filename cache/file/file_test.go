@@ -115,8 +115,8 @@ func TestConcurrentPushersNeverPushAPathTwiceAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := &cache.Pusher{Backend: rec, Store: nixstore.Daemon(env.NixSocket), Jobs: 2, LockDir: locks}
-			_, err := p.Push(context.Background(), []string{chain[len(chain)-1]}, true)
+			p := &cache.Pusher{Backend: rec, Store: nixstore.Daemon(env.NixSocket), Uploads: 2, LockDir: locks}
+			_, err := p.Push(context.Background(), []string{chain[len(chain)-1]}, cache.Closures)
 			errs <- err
 		}()
 	}

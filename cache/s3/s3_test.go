@@ -142,13 +142,13 @@ func TestServerKilledMidPush(t *testing.T) {
 		paths = append(paths, p)
 	}
 	store := nixstore.Daemon(env.NixSocket)
-	pusher := &cache.Pusher{Backend: b, Store: store, Jobs: 1}
+	pusher := &cache.Pusher{Backend: b, Store: store, Uploads: 1}
 	var once sync.Once
 	pusher.Pushed = func(nixstore.PathInfo, cache.Stats) {
 		// After the first path is in, the server dies with the next upload under way.
 		once.Do(func() { go func() { time.Sleep(50 * time.Millisecond); server.Kill() }() })
 	}
-	sum, err := pusher.Push(ctx, paths, false)
+	sum, err := pusher.Push(ctx, paths, cache.PathsOnly)
 	if err == nil {
 		t.Fatalf("the push succeeded although the server died: %+v", sum)
 	}
@@ -162,22 +162,22 @@ func TestServerKilledMidPush(t *testing.T) {
 	}
 	// Every narinfo that exists points at a complete, matching NAR, signed.
 	pub := key.Public()
-	n, problems, err := b.Verify(ctx, &pub, nil)
+	v, err := b.Verify(ctx, &pub, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(problems) > 0 || n != sum.Pushed {
-		t.Fatalf("after the crash: %d narinfos, %d pushed, problems %v", n, sum.Pushed, problems)
+	if len(v.Problems) > 0 || v.Checked != sum.Pushed {
+		t.Fatalf("after the crash: %d narinfos, %d pushed, problems %v", v.Checked, sum.Pushed, v.Problems)
 	}
-	sum2, err := pusher.Push(ctx, paths, false)
+	sum2, err := pusher.Push(ctx, paths, cache.PathsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if sum2.Pushed+sum2.Present != len(paths) || sum2.Present != sum.Pushed {
 		t.Fatalf("the later push: %+v (the first pushed %d)", sum2, sum.Pushed)
 	}
-	if n, problems, err := b.Verify(ctx, &pub, nil); err != nil || n != len(paths) || len(problems) > 0 {
-		t.Fatalf("after the later push: %d narinfos, problems %v, %v", n, problems, err)
+	if v, err := b.Verify(ctx, &pub, nil); err != nil || v.Checked != len(paths) || len(v.Problems) > 0 {
+		t.Fatalf("after the later push: %d narinfos, problems %v, %v", v.Checked, v.Problems, err)
 	}
 }
 

@@ -1,97 +1,22 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hearth-ci/hearth/cache"
-	"github.com/hearth-ci/hearth/cache/attic"
-	"github.com/hearth-ci/hearth/cache/binarycache"
-	"github.com/hearth-ci/hearth/cache/file"
-	"github.com/hearth-ci/hearth/cache/s3"
-	"github.com/hearth-ci/hearth/config"
-	"github.com/hearth-ci/hearth/driver"
-	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/cache/open"
 	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/nixstore"
 )
-
-// openCache connects to the configured backend. For file and s3 it also returns the public half
-// of the signing key, for verify.
-func openCache(ctx context.Context, cfg *config.Config) (cache.Backend, *signing.PublicKey, error) {
-	c := cfg.Cache
-	loadKey := func(path string) (*signing.SecretKey, *signing.PublicKey, error) {
-		if path == "" {
-			return nil, nil, nil
-		}
-		k, err := signing.LoadSecretKey(path)
-		if err != nil {
-			return nil, nil, err
-		}
-		pub := k.Public()
-		return &k, &pub, nil
-	}
-	switch c.Backend {
-	case "file":
-		key, pub, err := loadKey(c.File.SigningKeyFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		b, err := file.New(c.File.Dir, key)
-		return b, pub, err
-	case "s3":
-		key, pub, err := loadKey(c.S3.SigningKeyFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		b, err := s3.New(ctx, s3.Config{Bucket: c.S3.Bucket, Region: c.S3.Region, Endpoint: c.S3.Endpoint, Prefix: c.S3.Prefix,
-			AccessKeyIDFile: c.S3.AccessKeyIDFile, SecretAccessKeyFile: c.S3.SecretAccessKeyFile}, key)
-		return b, pub, err
-	case "attic":
-		b, err := attic.New(ctx, attic.Config{Endpoint: c.Attic.Endpoint, Cache: c.Attic.Cache, TokenFile: c.Attic.TokenFile})
-		if err != nil {
-			return nil, nil, err
-		}
-		var pub *signing.PublicKey
-		if b.PublicKey != "" {
-			k, err := signing.ParsePublicKey(b.PublicKey)
-			if err != nil {
-				return nil, nil, fmt.Errorf("the Attic server's public key: %w", err)
-			}
-			pub = &k
-		}
-		return b, pub, nil
-	}
-	return nil, nil, fmt.Errorf("unknown cache backend %q", c.Backend)
-}
-
-func pusher(cfg *config.Config, b cache.Backend) *cache.Pusher {
-	return &cache.Pusher{
-		Backend: b,
-		Store:   nixstore.Daemon(cfg.Nix.DaemonSocket),
-		Jobs:    cfg.Cache.Jobs,
-		LockDir: filepath.Join(cfg.Cache.QueueDir, ".locks"),
-	}
-}
-
-// driverCache is how the driver opens the cache when a job's script has succeeded.
-func driverCache(cfg *config.Config) func(context.Context) (driver.Flusher, error) {
-	return func(ctx context.Context) (driver.Flusher, error) {
-		b, _, err := openCache(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		return &cache.Flusher{Queue: cache.Queue{Dir: cfg.Cache.QueueDir}, Pusher: pusher(cfg, b)}, nil
-	}
-}
 
 func cacheCommand() *cli.Command {
 	return &cli.Command{
@@ -144,7 +69,7 @@ func hookAction(c *cli.Context) error {
 	// Whatever happens, the build goes on: report on stderr (it reaches the build log) and exit 0.
 	cfg, err := loadConfig(c)
 	if err == nil {
-		err = cache.Queue{Dir: cfg.Cache.QueueDir}.Add(strings.Fields(os.Getenv("OUT_PATHS")), os.Getenv("DRV_PATH"))
+		err = open.Queue(cfg).Add(strings.Fields(os.Getenv("OUT_PATHS")), os.Getenv("DRV_PATH"))
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hearth cache hook: the built paths were not queued for the binary cache: %v\n", err)
@@ -157,41 +82,10 @@ func watchAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	q := cache.Queue{Dir: cfg.Cache.QueueDir}
-	var p *cache.Pusher
-	reported := map[string]bool{}
-	for {
-		if p == nil {
-			b, _, err := openCache(c.Context, cfg)
-			if err != nil {
-				log.Error("cannot open the binary cache; retrying", "err", err)
-			} else {
-				p = pusher(cfg, b)
-				log.Info("watching the queue", "queue", q.Dir, "cache", b.String())
-			}
-		}
-		if p != nil {
-			res, err := cache.Drain(c.Context, q, p, false)
-			for _, ce := range res.Corrupt {
-				if !reported[ce.Error()] {
-					reported[ce.Error()] = true
-					log.Error("corrupt queue entry", "err", ce)
-				}
-			}
-			if err != nil {
-				log.Error("push failed; the paths stay queued", "err", err)
-			} else if res.Entries > 0 {
-				log.Info("pushed", "entries", res.Entries, "summary", res.Summary.String())
-				continue // there may be more already
-			}
-		}
-		select {
-		case <-c.Context.Done():
-			return nil
-		case <-time.After(c.Duration("interval")):
-		}
-	}
+	// A service manager stops the watcher with SIGTERM: let the round in progress end cleanly.
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return open.Watcher(cfg, c.Duration("interval"), slog.New(slog.NewTextHandler(os.Stderr, nil))).Run(ctx)
 }
 
 func pushAction(c *cli.Context) error {
@@ -202,23 +96,23 @@ func pushAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	b, _, err := openCache(c.Context, cfg)
+	paths := make([]string, c.NArg())
+	for i, a := range c.Args().Slice() {
+		paths[i] = nixstore.Resolve(a)
+	}
+	b, err := open.Backend(c.Context, cfg)
 	if err != nil {
 		return err
 	}
-	p := pusher(cfg, b)
-	paths := make([]string, c.NArg())
-	for i, a := range c.Args().Slice() {
-		// Accept result symlinks and the like, as nix does.
-		if resolved, err := filepath.EvalSymlinks(a); err == nil && !strings.HasPrefix(a, nix.StoreDir+"/") {
-			a = resolved
-		}
-		paths[i] = a
-	}
+	p := open.Pusher(cfg, b)
 	progress := newProgress(os.Stderr)
 	p.Progress = progress.update
+	scope := cache.Closures
+	if c.Bool("no-closure") {
+		scope = cache.PathsOnly
+	}
 	fmt.Fprintf(os.Stderr, "pushing to %s\n", b)
-	sum, err := p.Push(c.Context, paths, !c.Bool("no-closure"))
+	sum, err := p.Push(c.Context, paths, scope)
 	progress.finish()
 	fmt.Fprintln(os.Stderr, sum.String())
 	return err
@@ -229,10 +123,7 @@ func verifyAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	b, pub, err := openCache(c.Context, cfg)
-	if err != nil {
-		return err
-	}
+	var pub *signing.PublicKey
 	if k := c.String("public-key"); k != "" {
 		p, err := signing.ParsePublicKey(k)
 		if err != nil {
@@ -240,32 +131,26 @@ func verifyAction(c *cli.Context) error {
 		}
 		pub = &p
 	}
-	var bc *binarycache.Cache
-	switch v := b.(type) {
-	case *binarycache.Cache:
-		bc = v
-	case *attic.Cache:
-		if c.NArg() == 0 {
-			return errors.New("an Attic server cannot list its paths: name the store paths to verify")
-		}
-		bc = binarycache.New(v.Substituter(), nil)
-	}
-	if pub == nil {
-		fmt.Fprintln(os.Stderr, "no signing key is configured: signatures are not checked")
-	}
-	var keys []string
-	for _, a := range c.Args().Slice() {
-		keys = append(keys, strings.SplitN(filepath.Base(a), "-", 2)[0]+".narinfo")
-	}
-	n, problems, err := bc.Verify(c.Context, pub, keys)
+	b, err := open.Backend(c.Context, cfg)
 	if err != nil {
 		return err
 	}
-	for _, p := range problems {
+	v, ok := b.(cache.Verifier)
+	if !ok {
+		return fmt.Errorf("the %s backend cannot be verified by hearth", cfg.Cache.Backend)
+	}
+	res, err := v.Verify(c.Context, pub, c.Args().Slice())
+	if err != nil {
+		return err
+	}
+	if res.Key == nil {
+		fmt.Fprintln(os.Stderr, "no signing key is configured: signatures are not checked")
+	}
+	for _, p := range res.Problems {
 		fmt.Fprintln(os.Stdout, "BAD", p.Error())
 	}
-	fmt.Fprintf(os.Stdout, "%d narinfos checked in %s, %d bad\n", n, b, len(problems))
-	if len(problems) > 0 {
+	fmt.Fprintf(os.Stdout, "%d narinfos checked in %s, %d bad\n", res.Checked, b, len(res.Problems))
+	if len(res.Problems) > 0 {
 		return &exitError{code: 1}
 	}
 	return nil
@@ -279,12 +164,8 @@ func keygenAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sec := filepath.Join(c.String("dir"), k.Name+".secret")
-	pub := filepath.Join(c.String("dir"), k.Name+".public")
-	if err := os.WriteFile(sec, []byte(k.String()+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(pub, []byte(k.Public().String()+"\n"), 0o644); err != nil {
+	sec, pub, err := k.WriteFiles(c.String("dir"))
+	if err != nil {
 		return err
 	}
 	fmt.Printf("wrote %s (keep it on the runner host: signing_key_file) and %s (for trusted-public-keys): %s\n", sec, pub, k.Public())

@@ -9,43 +9,24 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hearth-ci/hearth/cache/open"
 	"github.com/hearth-ci/hearth/driver"
 	"github.com/hearth-ci/hearth/executor"
 )
 
+type stageFunc func(ctx context.Context, d *driver.Driver, c *cli.Context) error
+
 func driverCommand() *cli.Command {
-	stage := func(name, usage, args string, fn func(ctx context.Context, d *driver.Driver, c *cli.Context) error) *cli.Command {
+	stage := func(name, usage, args string, fn stageFunc) *cli.Command {
 		return &cli.Command{
 			Name:      name,
 			Usage:     usage,
 			ArgsUsage: args,
 			Flags:     []cli.Flag{configFlag()},
 			Action: func(c *cli.Context) error {
-				env := driver.ParseEnv(os.Environ())
-				fail := func(err error) error {
-					// Everything a driver prints on stderr reaches the job log (cleanup's reaches
-					// the runner's log): say what went wrong in one line.
-					fmt.Fprintf(os.Stderr, "ERROR: hearth %s: %v\n", name, err)
-					return &exitError{code: env.ExitCode(err)}
-				}
-				cfg, err := loadConfig(c)
-				if err != nil {
-					return fail(err)
-				}
-				ex := executor.New(cfg)
-				defer ex.Close()
-				d := &driver.Driver{Config: cfg, Exec: ex, Env: env, Stdout: os.Stdout, Stderr: os.Stderr, Version: hearthVersion(), Cache: driverCache(cfg)}
-				// SIGTERM from gitlab-runner means "stop this stage", not "tear down".
-				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-				defer stop()
-				if err := fn(ctx, d, c); err != nil {
-					if driver.KindOf(err) == driver.BuildFailure && name == "run" {
-						// The script's own failure: its output already says why.
-						return &exitError{code: env.ExitCode(err)}
-					}
-					return fail(err)
-				}
-				return nil
+				// Everything a driver prints on stderr reaches the job log (cleanup's reaches the
+				// runner's log); the driver decides what it says and whose fault it was.
+				return driver.Report(os.Stderr, name, runStage(c, fn))
 			},
 		}
 	}
@@ -70,4 +51,32 @@ func driverCommand() *cli.Command {
 			}),
 		},
 	}
+}
+
+// runStage wires a driver to this host's config, containerd and cache, and runs one stage.
+func runStage(c *cli.Context, fn stageFunc) error {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	ex := executor.New(cfg)
+	defer ex.Close()
+	d := &driver.Driver{
+		Config:     cfg,
+		Exec:       ex,
+		Invocation: driver.ParseInvocation(os.Environ()),
+		Stdout:     os.Stdout,
+		Version:    hearthVersion(),
+		OpenFlusher: func(ctx context.Context) (driver.Flusher, error) {
+			f, err := open.Flusher(ctx, cfg)
+			if err != nil {
+				return nil, err
+			}
+			return f, nil
+		},
+	}
+	// SIGTERM from gitlab-runner means "stop this stage", not "tear down".
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return fn(ctx, d, c)
 }

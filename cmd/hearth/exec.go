@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -32,7 +33,7 @@ func execCommand() *cli.Command {
 			&cli.StringFlag{Name: "ref", Value: "main"},
 			&cli.StringFlag{Name: "sha", Value: "0000000000000000000000000000000000000000"},
 			&cli.BoolFlag{Name: "protected", Usage: "run as on a protected branch"},
-			&cli.DurationFlag{Name: "timeout", Value: 3600e9, Usage: "job timeout"},
+			&cli.DurationFlag{Name: "timeout", Value: time.Hour, Usage: "job timeout"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -74,7 +75,7 @@ func execCommand() *cli.Command {
 			r := runner.New(runner.Options{
 				Custom: runner.Custom{
 					Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup"),
-					GracefulKillTimeout: 30e9,
+					GracefulKillTimeout: 30 * time.Second, // as gitlab-runner configs usually set it
 				},
 				Job: job, JobID: jobID,
 				ProjectID: c.Int64("project-id"), ProjectPath: projectPath, RepoURL: repoURL,

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/driver"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; otherwise it comes from the
@@ -28,7 +29,8 @@ func hearthVersion() string {
 	return "dev"
 }
 
-// exitError carries an exit code chosen by a command (the driver's follow gitlab-runner's rules).
+// exitError carries an exit code chosen by a command that is not a driver stage (cache verify
+// finding bad paths, a job run by exec failing).
 type exitError struct {
 	code int
 	err  error
@@ -63,15 +65,26 @@ func main() {
 	if err == nil {
 		return
 	}
-	code := 1
-	var ee *exitError
-	if errors.As(err, &ee) {
-		code = ee.code
-	}
-	if ee == nil || ee.err != nil {
+	code, explain := exitCode(err)
+	if explain {
 		fmt.Fprintf(os.Stderr, "hearth: %v\n", err)
 	}
 	os.Exit(code)
+}
+
+// exitCode is the one place errors become exit codes: a driver stage's failure has the code
+// gitlab-runner expects for its kind (the driver has already said why); the rest are 1 unless the
+// command chose otherwise.
+func exitCode(err error) (code int, explain bool) {
+	var f *driver.Failure
+	var ee *exitError
+	switch {
+	case errors.As(err, &f):
+		return driver.ParseInvocation(os.Environ()).ExitCode(f.Kind), false
+	case errors.As(err, &ee):
+		return ee.code, ee.err != nil
+	}
+	return 1, true
 }
 
 // configFlag is accepted before the command and after it: `hearth --config F driver run` and

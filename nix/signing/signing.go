@@ -13,6 +13,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"unicode"
 
@@ -156,4 +158,18 @@ func (p PublicKey) Verify(fingerprint, sig string) bool {
 		return false
 	}
 	return ed25519.Verify(p.Key, []byte(fingerprint), raw)
+}
+
+// WriteFiles writes the key pair to dir as NAME.secret (readable by its owner only) and
+// NAME.public, and returns their paths.
+func (k SecretKey) WriteFiles(dir string) (secret, public string, err error) {
+	secret = filepath.Join(dir, k.Name+".secret")
+	public = filepath.Join(dir, k.Name+".public")
+	if err := os.WriteFile(secret, []byte(k.String()+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write the secret key: %w", err)
+	}
+	if err := os.WriteFile(public, []byte(k.Public().String()+"\n"), 0o644); err != nil {
+		return "", "", fmt.Errorf("write the public key: %w", err)
+	}
+	return secret, public, nil
 }

@@ -7,8 +7,8 @@ import (
 	"strings"
 )
 
-// Env is what gitlab-runner puts in the environment of every driver call.
-type Env struct {
+// Invocation is what gitlab-runner puts in the environment of every driver call.
+type Invocation struct {
 	JobResponseFile       string
 	BuildExitCodeFile     string
 	BuildFailureExitCode  int
@@ -18,9 +18,9 @@ type Env struct {
 	Custom map[string]string
 }
 
-// ParseEnv reads environ (os.Environ's format).
-func ParseEnv(environ []string) Env {
-	e := Env{Custom: map[string]string{}, BuildFailureExitCode: 1, SystemFailureExitCode: 2}
+// ParseInvocation reads environ (os.Environ's format).
+func ParseInvocation(environ []string) Invocation {
+	e := Invocation{Custom: map[string]string{}, BuildFailureExitCode: 1, SystemFailureExitCode: 2}
 	for _, kv := range environ {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -46,12 +46,9 @@ func ParseEnv(environ []string) Env {
 	return e
 }
 
-// ExitCode maps an error to the exit code gitlab-runner expects.
-func (e Env) ExitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	if KindOf(err) == BuildFailure {
+// ExitCode is the exit code gitlab-runner expects for a failure of kind k.
+func (e Invocation) ExitCode(k Kind) int {
+	if k == BuildFailure {
 		return e.BuildFailureExitCode
 	}
 	return e.SystemFailureExitCode
@@ -60,7 +57,7 @@ func (e Env) ExitCode(err error) int {
 // writeBuildExitCode records the script's real exit status where gitlab-runner reads it. It is
 // written on every run call: the file is shared by all stages of a job, so a stale code from an
 // earlier stage must never be left for a later one.
-func (e Env) writeBuildExitCode(code int) error {
+func (e Invocation) writeBuildExitCode(code int) error {
 	if e.BuildExitCodeFile == "" {
 		return nil
 	}

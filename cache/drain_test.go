@@ -1,0 +1,165 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func queueWith(t *testing.T, store *fakeStore, names ...string) (Queue, []string) {
+	t.Helper()
+	q := Queue{Dir: filepath.Join(t.TempDir(), "queue")}
+	var paths []string
+	for i, n := range names {
+		p := store.add(fakePath(100+i, n))
+		if err := q.Add([]string{p}, ""); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	return q, paths
+}
+
+func entries(t *testing.T, q Queue) int {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(q.Dir, "*"+entrySuffix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+// When a batch fails, each entry is pushed on its own: one path that cannot be pushed keeps only
+// its own entry in the queue.
+func TestDrainFallsBackToEachEntry(t *testing.T) {
+	store := newFakeStore()
+	q, paths := queueWith(t, store, "a", "bad", "c")
+	backend := newFakeBackend()
+	backend.fail[paths[1]] = errors.New("refused")
+	res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store})
+	if err == nil || !strings.Contains(err.Error(), "1 of 3 queued builds were not pushed and stay queued: ") || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("error %v", err)
+	}
+	if res.Entries != 3 || !backend.has(paths[0]) || !backend.has(paths[2]) || backend.has(paths[1]) {
+		t.Fatalf("result %+v, uploaded %v", res, backend.uploads())
+	}
+	if n := entries(t, q); n != 1 {
+		t.Fatalf("%d entries left, want the failed one", n)
+	}
+	b, err := q.Take(context.Background())
+	if err != nil || len(b.Entries) != 1 || b.Entries[0].Outputs[0] != paths[1] {
+		t.Fatalf("left in the queue: %+v, %v", b, err)
+	}
+	b.Release()
+}
+
+// A long queue (after an outage) goes up in batches of maxBatch entries, each with one query of
+// the store.
+func TestDrainBatches(t *testing.T) {
+	store := newFakeStore()
+	names := make([]string, 2*maxBatch+50)
+	for i := range names {
+		names[i] = "p"
+	}
+	q, _ := queueWith(t, store, names...)
+	backend := newFakeBackend()
+	res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store, Uploads: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Entries != len(names) || res.Pushed != len(names) || entries(t, q) != 0 {
+		t.Fatalf("result %+v, %d entries left", res, entries(t, q))
+	}
+	if store.calls != 3 || store.maxPaths != maxBatch {
+		t.Fatalf("%d store queries, the largest of %d paths: want 3, at most %d", store.calls, store.maxPaths, maxBatch)
+	}
+}
+
+// Queued paths collected since they were built are counted as gone and their entries finished;
+// a queued derivation is pushed as its outputs, or as gone when it was collected.
+func TestDrainGoneAndDerivations(t *testing.T) {
+	store := newFakeStore()
+	q := Queue{Dir: t.TempDir()}
+	out := store.add(fakePath(1, "out"))
+	drv := fakePath(2, "x.drv")
+	store.drvs[drv] = []string{out}
+	for _, e := range []struct {
+		outs []string
+		drv  string
+	}{{nil, drv}, {[]string{fakePath(3, "collected")}, ""}, {nil, fakePath(4, "collected.drv")}} {
+		if err := q.Add(e.outs, e.drv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	backend := newFakeBackend()
+	res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store})
+	if err != nil || res.Entries != 3 || res.Pushed != 1 || res.Gone != 1 || !backend.has(out) || entries(t, q) != 0 {
+		t.Fatalf("result %+v, %v, %d entries left", res, err, entries(t, q))
+	}
+}
+
+// Drain leaves alone what another drainer holds; DrainWaiting waits for it: when the other lets
+// the entry go still queued, it is pushed here; when the other finished it, it is gone.
+func TestDrainWaitingWaitsForOtherDrainers(t *testing.T) {
+	store := newFakeStore()
+	for _, finished := range []bool{false, true} {
+		q, paths := queueWith(t, store, "held")
+		backend := newFakeBackend()
+		p := &Pusher{Backend: backend, Store: store}
+		other, err := q.Take(context.Background())
+		if err != nil || len(other.Entries) != 1 {
+			t.Fatalf("the other drainer took %+v, %v", other, err)
+		}
+		if res, err := Drain(context.Background(), q, p); err != nil || res.Entries != 0 {
+			t.Fatalf("Drain took a held entry: %+v, %v", res, err)
+		}
+		done := make(chan DrainResult, 1)
+		go func() {
+			res, err := DrainWaiting(context.Background(), q, p)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- res
+		}()
+		select {
+		case res := <-done:
+			t.Fatalf("DrainWaiting returned %+v while another drainer held the entry", res)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if finished {
+			backend.hold(paths[0]) // the other pushed it
+			if err := other.Done(); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			other.Release() // the other's push failed
+		}
+		select {
+		case res := <-done:
+			if finished && (res.Entries != 0 || len(backend.uploads()) != 0) {
+				t.Fatalf("after the other finished: %+v, uploads %v", res, backend.uploads())
+			}
+			if !finished && (res.Entries != 1 || !backend.has(paths[0])) {
+				t.Fatalf("after the other let go: %+v, uploads %v", res, backend.uploads())
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("DrainWaiting did not return after the other drainer let go")
+		}
+		if n := entries(t, q); n != 0 {
+			t.Fatalf("finished=%v: %d entries left", finished, n)
+		}
+	}
+	// Waiting ends with the context, and says what it waited for.
+	q, _ := queueWith(t, store, "held-forever")
+	other, _ := q.Take(context.Background())
+	defer other.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := DrainWaiting(ctx, q, &Pusher{Backend: newFakeBackend(), Store: store})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait for another push of queue entry") {
+		t.Fatalf("error %v", err)
+	}
+}

@@ -1,0 +1,97 @@
+// Package open connects to the binary cache a config describes. It is the one place that knows
+// every backend, as restic's backend/all does, so that the commands, the watcher and the driver
+// open a cache the same way and a new backend is added here and in its own package only.
+package open
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/hearth-ci/hearth/cache"
+	"github.com/hearth-ci/hearth/cache/attic"
+	"github.com/hearth-ci/hearth/cache/file"
+	"github.com/hearth-ci/hearth/cache/s3"
+	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/nix/signing"
+	"github.com/hearth-ci/hearth/nixstore"
+)
+
+// Backend connects to the backend [cache] backend names, reading its credentials and keys.
+func Backend(ctx context.Context, cfg *config.Config) (cache.Backend, error) {
+	c := cfg.Cache
+	switch c.Backend {
+	case "file":
+		key, err := signingKey(c.File.SigningKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		return file.New(c.File.Dir, key)
+	case "s3":
+		key, err := signingKey(c.S3.SigningKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		return s3.New(ctx, s3.Config{
+			Bucket: c.S3.Bucket, Region: c.S3.Region, Endpoint: c.S3.Endpoint, Prefix: c.S3.Prefix,
+			AccessKeyIDFile: c.S3.AccessKeyIDFile, SecretAccessKeyFile: c.S3.SecretAccessKeyFile,
+		}, key)
+	case "attic":
+		return attic.New(ctx, attic.Config{Endpoint: c.Attic.Endpoint, Cache: c.Attic.Cache, TokenFile: c.Attic.TokenFile})
+	}
+	// Config validation admits only the backends above.
+	return nil, fmt.Errorf("unknown cache backend %q: set [cache] backend to file, s3 or attic", c.Backend)
+}
+
+// signingKey loads the key narinfos are signed with; an empty setting means unsigned narinfos.
+func signingKey(path string) (*signing.SecretKey, error) {
+	if path == "" {
+		return nil, nil
+	}
+	k, err := signing.LoadSecretKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+// Pusher pushes to b from the host's store, through its daemon, taking the per-path locks beside
+// the queue that every pusher on the host shares.
+func Pusher(cfg *config.Config, b cache.Backend) *cache.Pusher {
+	return &cache.Pusher{
+		Backend: b,
+		Store:   nixstore.Daemon(cfg.Nix.DaemonSocket),
+		Uploads: cfg.Cache.Uploads,
+		LockDir: filepath.Join(cfg.Cache.QueueDir, ".locks"),
+	}
+}
+
+// Flusher opens the cache for the push at the end of a job's script.
+func Flusher(ctx context.Context, cfg *config.Config) (*cache.Flusher, error) {
+	b, err := Backend(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &cache.Flusher{Queue: Queue(cfg), Pusher: Pusher(cfg, b)}, nil
+}
+
+// Queue is the queue the post-build-hook fills.
+func Queue(cfg *config.Config) cache.Queue { return cache.Queue{Dir: cfg.Cache.QueueDir} }
+
+// Watcher pushes the queue continuously, looking at it every interval.
+func Watcher(cfg *config.Config, interval time.Duration, log *slog.Logger) *cache.Watcher {
+	return &cache.Watcher{
+		Queue:    Queue(cfg),
+		Interval: interval,
+		Log:      log,
+		Open: func(ctx context.Context) (*cache.Pusher, error) {
+			b, err := Backend(ctx, cfg)
+			if err != nil {
+				return nil, err
+			}
+			return Pusher(cfg, b), nil
+		},
+	}
+}

@@ -1,0 +1,88 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// A closure goes up dependencies first; a path whose upload fails holds back what references it,
+// and nothing else; what the cache holds is not sent again.
+func TestPushOrderAndFailures(t *testing.T) {
+	store := newFakeStore()
+	a := store.add(fakePath(1, "a"))
+	b := store.add(fakePath(2, "b"), a)
+	c := store.add(fakePath(3, "c"), b, a)
+	d := store.add(fakePath(4, "d"), a)
+	held := store.add(fakePath(5, "held"))
+	top := store.add(fakePath(6, "top"), held)
+	backend := newFakeBackend()
+	backend.held[held] = true
+	broken := errors.New("the server answered 500")
+	backend.fail[b] = broken
+	p := &Pusher{Backend: backend, Store: store, Uploads: 3}
+
+	sum, err := p.Push(context.Background(), []string{c, d, top}, Closures)
+	if !errors.Is(err, broken) || !strings.Contains(err.Error(), "2 paths were not pushed") {
+		t.Fatalf("error %v, want the failure of %s and of %s, which references it", err, b, c)
+	}
+	up := backend.uploads()
+	if len(up) != 3 || slices.Index(up, a) > slices.Index(up, d) || backend.has(b) || backend.has(c) || !backend.has(d) || !backend.has(top) {
+		t.Fatalf("uploaded %v: want %s before %s, and %s; not %s or %s", up, a, d, top, b, c)
+	}
+	if sum.Paths != 6 || sum.Pushed != 3 || sum.Present != 1 || sum.NarBytes != 300 || sum.FileBytes != 150 {
+		t.Fatalf("summary %+v", sum)
+	}
+
+	// Once b can be pushed, a second push sends b and c only.
+	delete(backend.fail, b)
+	sum, err = p.Push(context.Background(), []string{c, d, top}, Closures)
+	if err != nil || sum.Pushed != 2 || sum.Present != 4 {
+		t.Fatalf("second push: %+v, %v", sum, err)
+	}
+	if up := backend.uploads(); up[3] != b || up[4] != c {
+		t.Fatalf("uploads %v: want %s, then %s", up, b, c)
+	}
+}
+
+func TestPushPathsOnlyAndGone(t *testing.T) {
+	store := newFakeStore()
+	a := store.add(fakePath(1, "a"))
+	b := store.add(fakePath(2, "b"), a)
+	backend := newFakeBackend()
+	backend.held[a] = true
+	p := &Pusher{Backend: backend, Store: store}
+	gone := fakePath(9, "collected")
+	sum, err := p.Push(context.Background(), []string{b, gone}, PathsOnly)
+	if err != nil || sum.Paths != 1 || sum.Pushed != 1 || sum.Gone != 1 {
+		t.Fatalf("push: %+v, %v", sum, err)
+	}
+	if !strings.Contains(sum.String(), "1 no longer in the store") {
+		t.Fatalf("summary %q does not say a path was gone", sum.String())
+	}
+}
+
+// A cancelled push says what it was waiting for, not only "context canceled".
+func TestPushCancelled(t *testing.T) {
+	store := newFakeStore()
+	a := store.add(fakePath(1, "a"))
+	b := store.add(fakePath(2, "b"))
+	backend := newFakeBackend()
+	backend.started = make(chan string, 2)
+	backend.release = make(chan struct{})
+	p := &Pusher{Backend: backend, Store: store, Uploads: 1}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Push(ctx, []string{a, b}, Closures)
+		done <- err
+	}()
+	<-backend.started // one upload is running; the other waits for its slot
+	cancel()
+	err := <-done
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "2 paths were not pushed") || !strings.Contains(err.Error(), "/nix/store/") {
+		t.Fatalf("error %q: want both paths reported, each by name", err)
+	}
+}
