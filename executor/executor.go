@@ -102,6 +102,8 @@ func (e *Executor) ctx(ctx context.Context) context.Context {
 func (e *Executor) connect(ctx context.Context) (*containerd.Client, error) {
 	e.once.Do(func() {
 		addr := e.cfg.Containerd.Address
+		// A containerd that has not answered in 5 s is down or wedged: say so rather than let a
+		// prepare hang until gitlab-runner gives up on it.
 		c, err := containerd.New(addr, containerd.WithDefaultNamespace(e.cfg.Containerd.Namespace), containerd.WithTimeout(5*time.Second))
 		if err == nil {
 			vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -156,6 +158,9 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 	if _, err := os.Lstat(sock); err != nil {
 		return 0, fmt.Errorf("job container %s is not running (prepare did not run, or cleanup already ran): %w", id, err)
 	}
+	// After SIGTERM the agent gives the stage stop_timeout, then kills it; 3 s more covers the
+	// kill and the exit frame's way back. stop_timeout is at most 6 s, so a stage always ends
+	// within the 10 s gitlab-runner waits after SIGTERM.
 	grace := e.cfg.Jobs.StopTimeout.Std() + 3*time.Second
 	code, err := agent.Run(ctx, sock, agent.Request{Stage: stage, Script: script}, out, grace)
 	if err != nil {

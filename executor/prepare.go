@@ -20,7 +20,9 @@ import (
 	"github.com/hearth-ci/hearth/nix"
 )
 
-// agentStartTimeout bounds how long prepare waits for the agent to answer.
+// agentStartTimeout bounds how long prepare waits for the agent to answer. It is up in a few
+// milliseconds; 15 s leaves room for a host swapping under load before the prepare counts as
+// failed (and is retried).
 const agentStartTimeout = 15 * time.Second
 
 // Prepare creates and starts the job's container and waits until its agent answers. Leftovers of
@@ -65,6 +67,8 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 			return err
 		}
 		defer unlock()
+		// Long enough for a pull of a large image over a slow link, short enough that a wedged
+		// registry does not hold the image's lock for ever.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 15*time.Minute)
 		defer cancel()
@@ -225,6 +229,7 @@ func (e *Executor) awaitAgent(ctx context.Context, job JobSpec, exited <-chan co
 			delay = 20 * time.Millisecond
 		}
 		if _, err := os.Lstat(sock); err == nil {
+			// A listening agent answers a ping at once; 5 s is for a host under load.
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			st, err := agent.Ping(pctx, sock)
 			cancel()
@@ -240,7 +245,7 @@ func (e *Executor) awaitAgent(ctx context.Context, job JobSpec, exited <-chan co
 		case st := <-exited:
 			return envError(job.Env, fmt.Errorf("the agent in %s exited with status %d before it was ready: %s", job.ID, st.ExitCode(), e.agentLog(job.ID)))
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("stopped waiting for the agent in %s to start: %w", job.ID, ctx.Err())
 		case <-time.After(delay):
 		}
 		if time.Now().After(deadline) {

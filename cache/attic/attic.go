@@ -69,6 +69,7 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		return nil, err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	// A connection not made in 10 s will not be made; uploads are retried.
 	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	transport.ResponseHeaderTimeout = 10 * time.Minute // the server hashes and stores the whole NAR before it answers
 	c := &Cache{
@@ -190,10 +191,12 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 	var lastErr error
 	for attempt := 1; attempt <= c.attempts; attempt++ {
 		if attempt > 1 {
+			// 2 s, 4.5 s, 8 s: a server restarting or a proxy busy-signalling gets time to
+			// recover, and four attempts still end within half a minute.
 			select {
 			case <-time.After(time.Duration(attempt*attempt) * 500 * time.Millisecond):
 			case <-ctx.Done():
-				return st, ctx.Err()
+				return st, fmt.Errorf("push %s: stopped before retrying the upload: %w", info.Path, ctx.Err())
 			}
 		}
 		var res struct {

@@ -18,11 +18,11 @@ import (
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
-var env *testenv.Env
+var parts *testenv.Parts
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	cachetest.Main(m, &env)
+	cachetest.Main(m, &parts)
 }
 
 // server starts an Attic stand-in with a public cache "ci" and a token that may push to it.
@@ -46,7 +46,7 @@ func server(t *testing.T) (*atticd.Server, string, string) {
 }
 
 func TestConformance(t *testing.T) {
-	cachetest.Run(t, env, func(t *testing.T) cachetest.Instance {
+	cachetest.Run(t, parts, func(t *testing.T) cachetest.Instance {
 		srv, pub, tokenFile := server(t)
 		b, err := attic.New(context.Background(), attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: tokenFile})
 		if err != nil {
@@ -117,12 +117,12 @@ func TestRefusalsAreSentences(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big, err := env.AddRandom(fmt.Sprint("attic-413-", time.Now().UnixNano()), 2<<20)
+	big, err := parts.AddRandom(fmt.Sprint("attic-413-", time.Now().UnixNano()), 2<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.MaxBody = 1 << 20
-	infos, err := nixstore.Daemon(env.NixSocket).Info(ctx, []string{big})
+	infos, err := nixstore.Daemon(parts.NixSocket).Info(ctx, []string{big})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestPreambleAndBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(env.NixSocket), Uploads: 4}
+	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(parts.NixSocket), Uploads: 4}
 	sum, err := p.Push(ctx, []string{root}, cache.Closures)
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestPreambleAndBatches(t *testing.T) {
 	if _, preambles, _ := srv.Counts(); preambles != 1 {
 		t.Fatalf("%d uploads used a preamble, want 1 (the root's)", preambles)
 	}
-	if _, err := env.Substitute(srv.URL+"ci", pub, root); err != nil {
+	if _, err := parts.Substitute(srv.URL+"ci", pub, root); err != nil {
 		t.Fatal(err)
 	}
 
@@ -181,11 +181,11 @@ func TestPreambleAndBatches(t *testing.T) {
 func manyRefs(n int) (string, error) {
 	stamp := time.Now().UnixNano()
 	var b strings.Builder
-	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n  leaf = i: derivation { name = \"leaf-%d-with-a-long-name-to-grow-the-metadata-${toString i}\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [\"-c\" \"echo ${toString i} > $out\"]; };\n", env.Tools, stamp)
+	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n  leaf = i: derivation { name = \"leaf-%d-with-a-long-name-to-grow-the-metadata-${toString i}\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [\"-c\" \"echo ${toString i} > $out\"]; };\n", parts.Tools, stamp)
 	fmt.Fprintf(&b, "in derivation { name = \"root-%d\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [\"-c\" \"echo $deps > $out\"];\n  deps = builtins.genList leaf %d; }\n", stamp, n)
-	f := filepath.Join(env.Dir, fmt.Sprintf("many-%d.nix", stamp))
+	f := filepath.Join(parts.Dir, fmt.Sprintf("many-%d.nix", stamp))
 	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
 		return "", err
 	}
-	return env.Nix("nix-build", "--no-out-link", f)
+	return parts.Nix("nix-build", "--no-out-link", f)
 }

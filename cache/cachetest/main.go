@@ -10,7 +10,7 @@ import (
 
 // Main starts a nix-daemon for a backend's tests (no containerd), runs them and stops it. Tests
 // need root; `go test -short` skips them.
-func Main(m interface{ Run() int }, env **testenv.Env) {
+func Main(m interface{ Run() int }, parts **testenv.Parts) {
 	if testing.Short() {
 		fmt.Println("skipped by -short: the cache tests need a nix-daemon")
 		os.Exit(0)
@@ -20,7 +20,7 @@ func Main(m interface{ Run() int }, env **testenv.Env) {
 		fmt.Fprintf(os.Stderr, "cannot start the test environment: %v\n", err)
 		os.Exit(1)
 	}
-	*env = e
+	*parts = e
 	code := m.Run()
 	e.Stop()
 	os.Exit(code)

@@ -32,16 +32,16 @@ type Instance struct {
 }
 
 // Run runs the suite. fresh returns a new empty cache each time it is called.
-func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
+func Run(t *testing.T, parts *testenv.Parts, fresh func(t *testing.T) Instance) {
 	ctx := context.Background()
-	store := nixstore.Daemon(env.NixSocket)
+	store := nixstore.Daemon(parts.NixSocket)
 	pusher := func(b cache.Backend) *cache.Pusher {
 		return &cache.Pusher{Backend: b, Store: store, Uploads: 3, LockDir: t.TempDir()}
 	}
 
 	t.Run("push a closure, then nothing more", func(t *testing.T) {
 		in := fresh(t)
-		chain, err := env.BuildChain(fmt.Sprint("suite-", time.Now().UnixNano()), 3)
+		chain, err := parts.BuildChain(fmt.Sprint("suite-", time.Now().UnixNano()), 3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +76,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		}
 
 		// Real Nix, with an empty store, takes the closure from the cache trusting only its key.
-		root, err := env.Substitute(in.Substituter, in.PublicKey, top)
+		root, err := parts.Substitute(in.Substituter, in.PublicKey, top)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,14 +86,14 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 			}
 		}
 		// With a key it does not trust, it refuses.
-		if _, err := env.Substitute(in.Substituter, "other-key-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=", top); err == nil {
+		if _, err := parts.Substitute(in.Substituter, "other-key-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=", top); err == nil {
 			t.Fatal("Nix substituted paths signed by a key it does not trust")
 		}
 	})
 
 	t.Run("a tampered NAR is refused by Nix", func(t *testing.T) {
 		in := fresh(t)
-		chain, err := env.BuildChain(fmt.Sprint("tamper-", time.Now().UnixNano()), 1)
+		chain, err := parts.BuildChain(fmt.Sprint("tamper-", time.Now().UnixNano()), 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +101,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 			t.Fatal(err)
 		}
 		in.Tamper(t, chain[0])
-		_, err = env.Substitute(in.Substituter, in.PublicKey, chain[0])
+		_, err = parts.Substitute(in.Substituter, in.PublicKey, chain[0])
 		if err == nil {
 			t.Fatal("Nix accepted a tampered NAR")
 		}
@@ -112,7 +112,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 
 	t.Run("a NAR that differs from the store's record is never uploaded", func(t *testing.T) {
 		in := fresh(t)
-		chain, err := env.BuildChain(fmt.Sprint("mismatch-", time.Now().UnixNano()), 1)
+		chain, err := parts.BuildChain(fmt.Sprint("mismatch-", time.Now().UnixNano()), 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +133,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 
 	t.Run("a large path", func(t *testing.T) {
 		in := fresh(t)
-		big, err := env.AddRandom(fmt.Sprint("big-", time.Now().UnixNano()), 21<<20)
+		big, err := parts.AddRandom(fmt.Sprint("big-", time.Now().UnixNano()), 21<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,7 +144,7 @@ func Run(t *testing.T, env *testenv.Env, fresh func(t *testing.T) Instance) {
 		if sum.Pushed != 1 || sum.NarBytes < 21<<20 {
 			t.Fatalf("push: %+v", sum)
 		}
-		root, err := env.Substitute(in.Substituter, in.PublicKey, big)
+		root, err := parts.Substitute(in.Substituter, in.PublicKey, big)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,15 +20,15 @@ import (
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
-var env *testenv.Env
+var parts *testenv.Parts
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	cachetest.Main(m, &env)
+	cachetest.Main(m, &parts)
 }
 
 func TestConformance(t *testing.T) {
-	cachetest.Run(t, env, func(t *testing.T) cachetest.Instance {
+	cachetest.Run(t, parts, func(t *testing.T) cachetest.Instance {
 		dir := t.TempDir()
 		key, err := signing.Generate("hearth-file-test-1")
 		if err != nil {
@@ -104,7 +104,7 @@ func TestConcurrentPushersNeverPushAPathTwiceAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{Backend: b, inFlight: map[string]bool{}, puts: map[string]int{}}
-	chain, err := env.BuildChain(fmt.Sprint("concurrent-", time.Now().UnixNano()), 4)
+	chain, err := parts.BuildChain(fmt.Sprint("concurrent-", time.Now().UnixNano()), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestConcurrentPushersNeverPushAPathTwiceAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := &cache.Pusher{Backend: rec, Store: nixstore.Daemon(env.NixSocket), Uploads: 2, LockDir: locks}
+			p := &cache.Pusher{Backend: rec, Store: nixstore.Daemon(parts.NixSocket), Uploads: 2, LockDir: locks}
 			_, err := p.Push(context.Background(), []string{chain[len(chain)-1]}, cache.Closures)
 			errs <- err
 		}()

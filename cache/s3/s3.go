@@ -85,6 +85,8 @@ func Open(ctx context.Context, cfg Config) (*Bucket, error) {
 		cfg.MaxAttempts = 6
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	// A connection not made in 10 s will not be made; the retryer tries again. B2 answers a part
+	// upload only once it has stored the part, which can take a minute when it is busy.
 	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	transport.ResponseHeaderTimeout = 2 * time.Minute
 	transport.MaxIdleConnsPerHost = 64
@@ -98,7 +100,7 @@ func Open(ctx context.Context, cfg Config) (*Bucket, error) {
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 		Retryer: retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = cfg.MaxAttempts
-			o.MaxBackoff = 20 * time.Second
+			o.MaxBackoff = 20 * time.Second // B2 asks clients busy-signalled with 503 to back off for seconds, not minutes
 		}),
 	}
 	endpoint := "https://s3." + cfg.Region + ".amazonaws.com"
@@ -228,6 +230,8 @@ func (b *Bucket) multipart(ctx context.Context, full, key string, first []byte, 
 		if err != nil {
 			// Without this the bucket keeps the parts (and bills for them) until a lifecycle rule
 			// removes them.
+			// Not the push's context, which may be why the upload stopped; a minute, as for any
+			// one request.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 			defer cancel()
 			_, _ = b.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &full, UploadId: created.UploadId})

@@ -22,13 +22,13 @@ import (
 )
 
 var (
-	env    *testenv.Env
+	parts  *testenv.Parts
 	server *testenv.S3
 )
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	cachetest.Main(&mainWithS3{m}, &env)
+	cachetest.Main(&mainWithS3{m}, &parts)
 }
 
 // mainWithS3 starts the S3 server once the environment is up, and stops it after the tests.
@@ -36,7 +36,7 @@ type mainWithS3 struct{ m *testing.M }
 
 func (w *mainWithS3) Run() int {
 	var err error
-	server, err = testenv.StartS3(filepath.Join(env.Dir, "s3"))
+	server, err = testenv.StartS3(filepath.Join(parts.Dir, "s3"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -63,7 +63,7 @@ func newBucket(t *testing.T) (s3.Config, string) {
 }
 
 func TestConformance(t *testing.T) {
-	cachetest.Run(t, env, func(t *testing.T) cachetest.Instance {
+	cachetest.Run(t, parts, func(t *testing.T) cachetest.Instance {
 		cfg, dir := newBucket(t)
 		key, err := signing.Generate("hearth-s3-test-1")
 		if err != nil {
@@ -135,13 +135,13 @@ func TestServerKilledMidPush(t *testing.T) {
 	}
 	var paths []string
 	for i := 0; i < 6; i++ {
-		p, err := env.AddRandom(fmt.Sprintf("kill-%d-%d", time.Now().UnixNano(), i), 12<<20)
+		p, err := parts.AddRandom(fmt.Sprintf("kill-%d-%d", time.Now().UnixNano(), i), 12<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
 		paths = append(paths, p)
 	}
-	store := nixstore.Daemon(env.NixSocket)
+	store := nixstore.Daemon(parts.NixSocket)
 	pusher := &cache.Pusher{Backend: b, Store: store, Uploads: 1}
 	var once sync.Once
 	pusher.Pushed = func(nixstore.PathInfo, cache.Stats) {

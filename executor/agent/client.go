@@ -72,6 +72,8 @@ var ErrLost = errors.New("lost the connection to the job container's agent")
 // cancelled the agent is asked to stop the stage, and Run still waits, at most grace, for the
 // stage to end so that its exit status and last output are not lost.
 func Run(ctx context.Context, socket string, req Request, out io.Writer, grace time.Duration) (int, error) {
+	// Connecting to a local socket is immediate; 5 s covers a loaded host. It is not the stage's
+	// context: a stage cancelled before it started must still be told to stop.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	conn, err := dial(dctx, socket)
 	cancel()

@@ -37,7 +37,7 @@ type Server struct {
 // Serve listens on s.Socket until the process is killed.
 func (s *Server) Serve() error {
 	if s.DrainTimeout == 0 {
-		s.DrainTimeout = time.Second
+		s.DrainTimeout = time.Second // see DrainTimeout
 	}
 	if s.Log == nil {
 		s.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -20,8 +20,8 @@ import (
 
 // benchCache runs the cache benchmarks: push throughput against nix copy, re-push of a cached
 // closure, peak memory on one large path, and substitution against building.
-func benchCache(env *testenv.Env, runs int) error {
-	s3, err := testenv.StartS3(filepath.Join(env.Dir, "s3"))
+func benchCache(parts *testenv.Parts, runs int) error {
+	s3, err := testenv.StartS3(filepath.Join(parts.Dir, "s3"))
 	if err != nil {
 		return err
 	}
@@ -30,11 +30,11 @@ func benchCache(env *testenv.Env, runs int) error {
 	if err != nil {
 		return err
 	}
-	keyFile := filepath.Join(env.Dir, "bench.secret")
+	keyFile := filepath.Join(parts.Dir, "bench.secret")
 	if err := os.WriteFile(keyFile, []byte(key.String()), 0o600); err != nil {
 		return err
 	}
-	id, secret, err := s3.WriteCredentials(env.Dir)
+	id, secret, err := s3.WriteCredentials(parts.Dir)
 	if err != nil {
 		return err
 	}
@@ -45,12 +45,12 @@ func benchCache(env *testenv.Env, runs int) error {
 		if _, err := s3.CreateBucket(name); err != nil {
 			return "", err
 		}
-		return env.WriteConfig("", `backend = "s3"`, fmt.Sprintf("\n[cache.s3]\nbucket = %q\nendpoint = %q\naccess_key_id_file = %q\nsecret_access_key_file = %q\nsigning_key_file = %q\n",
+		return parts.WriteConfig("", `backend = "s3"`, fmt.Sprintf("\n[cache.s3]\nbucket = %q\nendpoint = %q\naccess_key_id_file = %q\nsecret_access_key_file = %q\nsigning_key_file = %q\n",
 			name, s3.Direct, id, secret, keyFile))
 	}
 
 	// 1. ~400 MB in 8 paths of real files (binaries and libraries compress as real outputs do).
-	paths, total, err := realPaths(env, 8, 50<<20)
+	paths, total, err := realPaths(parts, 8, 50<<20)
 	if err != nil {
 		return err
 	}
@@ -61,14 +61,14 @@ func benchCache(env *testenv.Env, runs int) error {
 		if err != nil {
 			return err
 		}
-		d, _, err := timed(exec.Command(env.Hearth, append([]string{"--config", cfg, "cache", "push", "--no-closure"}, paths...)...))
+		d, _, err := timed(exec.Command(parts.Hearth, append([]string{"--config", cfg, "cache", "push", "--no-closure"}, paths...)...))
 		if err != nil {
 			return err
 		}
 		ours = append(ours, d)
-		dir := filepath.Join(env.Dir, fmt.Sprintf("nixcopy-%d", i))
+		dir := filepath.Join(parts.Dir, fmt.Sprintf("nixcopy-%d", i))
 		nixCopy := exec.Command("nix", append([]string{"--extra-experimental-features", "nix-command", "copy", "--to", "file://" + dir + "?compression=zstd"}, paths...)...)
-		nixCopy.Env = env.NixEnv()
+		nixCopy.Env = parts.NixEnv()
 		d, _, err = timed(nixCopy)
 		if err != nil {
 			return err
@@ -82,7 +82,7 @@ func benchCache(env *testenv.Env, runs int) error {
 	fmt.Printf("  throughput ratio                   %.2f   (target >= 1.0, aim 1.5)\n", n.Seconds()/o.Seconds())
 
 	// 2. Re-push of a cached closure of 1,000 small paths.
-	root, err := smallClosure(env, 1000)
+	root, err := smallClosure(parts, 1000)
 	if err != nil {
 		return err
 	}
@@ -90,12 +90,12 @@ func benchCache(env *testenv.Env, runs int) error {
 	if err != nil {
 		return err
 	}
-	if _, out, err := timed(exec.Command(env.Hearth, "--config", cfg, "cache", "push", root)); err != nil {
+	if _, out, err := timed(exec.Command(parts.Hearth, "--config", cfg, "cache", "push", root)); err != nil {
 		return fmt.Errorf("first push of the small closure: %v\n%s", err, out)
 	}
 	var repush []time.Duration
 	for i := 0; i < runs; i++ {
-		d, out, err := timed(exec.Command(env.Hearth, "--config", cfg, "cache", "push", root))
+		d, out, err := timed(exec.Command(parts.Hearth, "--config", cfg, "cache", "push", root))
 		if err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func benchCache(env *testenv.Env, runs int) error {
 	fmt.Printf("  hearth cache push                  %s   (target <= 2 s)\n", secs(median(repush)))
 
 	// 3. Peak memory pushing one 1 GB path.
-	big, err := env.AddRandom("bench-1g", 1<<30)
+	big, err := parts.AddRandom("bench-1g", 1<<30)
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,7 @@ func benchCache(env *testenv.Env, runs int) error {
 	if err != nil {
 		return err
 	}
-	rssCmd := exec.Command("/usr/bin/time", "-f", "maxrss-kb %M", env.Hearth, "--config", cfg, "cache", "push", "--no-closure", big)
+	rssCmd := exec.Command("/usr/bin/time", "-f", "maxrss-kb %M", parts.Hearth, "--config", cfg, "cache", "push", "--no-closure", big)
 	d, out, err := timed(rssCmd)
 	if err != nil {
 		return err
@@ -133,27 +133,27 @@ func benchCache(env *testenv.Env, runs int) error {
 	var builds, substs []time.Duration
 	for i := 0; i < runs; i++ {
 		nonce := fmt.Sprintf("subst-%d-%d", time.Now().UnixNano(), i)
-		expr := filepath.Join(env.Dir, nonce+".nix")
-		if err := os.WriteFile(expr, []byte(workExpr(env.Tools, nonce)), 0o644); err != nil {
+		expr := filepath.Join(parts.Dir, nonce+".nix")
+		if err := os.WriteFile(expr, []byte(workExpr(parts.Tools, nonce)), 0o644); err != nil {
 			return err
 		}
 		build := exec.Command("nix-build", "--no-out-link", expr)
-		build.Env = env.NixEnv()
+		build.Env = parts.NixEnv()
 		d, out, err := timed(build)
 		if err != nil {
 			return err
 		}
 		top := strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])
-		fileDir := filepath.Join(env.Dir, "subst-cache-"+nonce)
-		fileCfg, err := env.WriteConfig("", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", fileDir, keyFile))
+		fileDir := filepath.Join(parts.Dir, "subst-cache-"+nonce)
+		fileCfg, err := parts.WriteConfig("", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", fileDir, keyFile))
 		if err != nil {
 			return err
 		}
-		if _, out, err := timed(exec.Command(env.Hearth, "--config", fileCfg, "cache", "push", top)); err != nil {
+		if _, out, err := timed(exec.Command(parts.Hearth, "--config", fileCfg, "cache", "push", top)); err != nil {
 			return fmt.Errorf("push: %v\n%s", err, out)
 		}
 		start := time.Now()
-		if _, err := env.Substitute("file://"+fileDir, key.Public().String(), top); err != nil {
+		if _, err := parts.Substitute("file://"+fileDir, key.Public().String(), top); err != nil {
 			return err
 		}
 		builds, substs = append(builds, d), append(substs, time.Since(start))
@@ -185,7 +185,7 @@ func mib(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
 
 // realPaths adds n store paths of about size bytes each, made of real files from /usr, and returns
 // them with their total NAR size.
-func realPaths(env *testenv.Env, n int, size int64) ([]string, int64, error) {
+func realPaths(parts *testenv.Parts, n int, size int64) ([]string, int64, error) {
 	var files []string
 	for _, root := range []string{"/usr/lib", "/usr/bin", "/usr/share", "/usr/local/go"} {
 		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -199,7 +199,7 @@ func realPaths(env *testenv.Env, n int, size int64) ([]string, int64, error) {
 	var total int64
 	next := 0
 	for i := 0; i < n; i++ {
-		dir := filepath.Join(env.Dir, "real", fmt.Sprintf("bench-real-%d", i))
+		dir := filepath.Join(parts.Dir, "real", fmt.Sprintf("bench-real-%d", i))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, 0, err
 		}
@@ -219,7 +219,7 @@ func realPaths(env *testenv.Env, n int, size int64) ([]string, int64, error) {
 		if got < size/2 {
 			return nil, 0, fmt.Errorf("not enough files under /usr to make %d paths of %d bytes", n, size)
 		}
-		p, err := env.Nix("nix-store", "--add", dir)
+		p, err := parts.Nix("nix-store", "--add", dir)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -248,11 +248,11 @@ func copyInto(src, dst string) error {
 }
 
 // smallClosure adds n tiny paths and builds a root that references them all; it returns the root.
-func smallClosure(env *testenv.Env, n int) (string, error) {
+func smallClosure(parts *testenv.Parts, n int) (string, error) {
 	var refs []string
 	stamp := time.Now().UnixNano()
 	for i := 0; i < n; i++ {
-		dir := filepath.Join(env.Dir, "small", fmt.Sprintf("small-%d-%d", stamp, i))
+		dir := filepath.Join(parts.Dir, "small", fmt.Sprintf("small-%d-%d", stamp, i))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return "", err
 		}
@@ -260,24 +260,24 @@ func smallClosure(env *testenv.Env, n int) (string, error) {
 			return "", err
 		}
 	}
-	out, err := env.Nix(append([]string{"nix-store", "--add"}, globAll(filepath.Join(env.Dir, "small", "*"))...)...)
+	out, err := parts.Nix(append([]string{"nix-store", "--add"}, globAll(filepath.Join(parts.Dir, "small", "*"))...)...)
 	if err != nil {
 		return "", err
 	}
 	refs = strings.Fields(out)
-	os.RemoveAll(filepath.Join(env.Dir, "small"))
+	os.RemoveAll(filepath.Join(parts.Dir, "small"))
 	var b strings.Builder
-	fmt.Fprintf(&b, "let tools = builtins.storePath %q; in derivation { name = \"bench-small-root-%d\"; system = \"x86_64-linux\";\n", env.Tools, stamp)
+	fmt.Fprintf(&b, "let tools = builtins.storePath %q; in derivation { name = \"bench-small-root-%d\"; system = \"x86_64-linux\";\n", parts.Tools, stamp)
 	b.WriteString("  builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [ \"-c\" \"echo $deps > $out\" ];\n  deps = [\n")
 	for _, r := range refs {
 		fmt.Fprintf(&b, "    (builtins.storePath %q)\n", r)
 	}
 	b.WriteString("  ]; }\n")
-	expr := filepath.Join(env.Dir, "small-root.nix")
+	expr := filepath.Join(parts.Dir, "small-root.nix")
 	if err := os.WriteFile(expr, []byte(b.String()), 0o644); err != nil {
 		return "", err
 	}
-	return env.Nix("nix-build", "--no-out-link", expr)
+	return parts.Nix("nix-build", "--no-out-link", expr)
 }
 
 func globAll(pattern string) []string {

@@ -44,24 +44,24 @@ func median(ds []time.Duration) time.Duration {
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 func run(runs, builds, cacheRuns int, only string) error {
-	env, err := testenv.Start(testenv.Options{})
+	parts, err := testenv.Start(testenv.Options{})
 	if err != nil {
 		return err
 	}
-	defer env.Stop()
+	defer parts.Stop()
 	if only != "cache" {
-		if err := benchJob(env, runs, builds); err != nil {
+		if err := benchJob(parts, runs, builds); err != nil {
 			return err
 		}
 	}
 	if only != "job" {
-		return benchCache(env, cacheRuns)
+		return benchCache(parts, cacheRuns)
 	}
 	return nil
 }
 
-func benchJob(env *testenv.Env, runs, builds int) error {
-	cfg, err := env.WriteConfig("", "", "")
+func benchJob(parts *testenv.Parts, runs, builds int) error {
+	cfg, err := parts.WriteConfig("", "", "")
 	if err != nil {
 		return err
 	}
@@ -71,31 +71,31 @@ func benchJob(env *testenv.Env, runs, builds int) error {
 	// Whole job with trivial stages, interleaved with the floors so that the machine's noise falls
 	// on all three alike.
 	trivial := "job:\n  variables:\n    GIT_STRATEGY: none\n  script: [\"true\"]\n  after_script: [\"true\"]\n"
-	if _, log, err := runJob(env, cfg, trivial, nil); err != nil { // warm-up: makes the skeleton root
+	if _, log, err := runJob(parts, cfg, trivial, nil); err != nil { // warm-up: makes the skeleton root
 		return fmt.Errorf("trivial job: %v\n%s", err, log)
 	}
-	rootfs, err := filepath.Glob(filepath.Join(env.StateDir(), "rootfs", "*"))
+	rootfs, err := filepath.Glob(filepath.Join(parts.StateDir(), "rootfs", "*"))
 	if err != nil || len(rootfs) != 1 {
-		return fmt.Errorf("expected one skeleton root under %s, found %v", env.StateDir(), rootfs)
+		return fmt.Errorf("expected one skeleton root under %s, found %v", parts.StateDir(), rootfs)
 	}
 	// The floor runs the same container hearth does: the skeleton root, the store and the daemon
 	// socket, the user namespace, the host network and the default seccomp profile.
 	floorArgs := []string{"--seccomp", "--net-host", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
 		"--mount", "type=bind,src=/nix/store,dst=/nix/store,options=rbind:ro",
-		"--mount", "type=bind,src=" + env.NixSocket + ",dst=/nix/var/nix/daemon-socket/socket,options=bind"}
+		"--mount", "type=bind,src=" + parts.NixSocket + ",dst=/nix/var/nix/daemon-socket/socket,options=bind"}
 	calls := map[string][]time.Duration{}
 	var jobs, floors, bare []time.Duration
 	for i := 0; i <= runs; i++ {
 		per := map[string]time.Duration{}
-		d, log, err := runJob(env, cfg, trivial, func(call string, d time.Duration) { per[call] += d })
+		d, log, err := runJob(parts, cfg, trivial, func(call string, d time.Duration) { per[call] += d })
 		if err != nil {
 			return fmt.Errorf("trivial job: %v\n%s", err, log)
 		}
-		f, err := ctrRun(env, rootfs[0], fmt.Sprintf("floor-%d", i), floorArgs)
+		f, err := ctrRun(parts, rootfs[0], fmt.Sprintf("floor-%d", i), floorArgs)
 		if err != nil {
 			return err
 		}
-		b, err := ctrRun(env, rootfs[0], fmt.Sprintf("bare-%d", i), floorArgs[1:])
+		b, err := ctrRun(parts, rootfs[0], fmt.Sprintf("bare-%d", i), floorArgs[1:])
 		if err != nil {
 			return err
 		}
@@ -127,9 +127,9 @@ func benchJob(env *testenv.Env, runs, builds int) error {
 	var firsts, seconds, firstJobs, secondJobs []time.Duration
 	stamp := time.Now().UnixNano()
 	for i := 0; i < builds; i++ {
-		src := buildJob(env.Tools, fmt.Sprintf("%d-%d", stamp, i))
+		src := buildJob(parts.Tools, fmt.Sprintf("%d-%d", stamp, i))
 		for pass := 0; pass < 2; pass++ {
-			d, log, err := runJob(env, cfg, src, nil)
+			d, log, err := runJob(parts, cfg, src, nil)
 			if err != nil {
 				return fmt.Errorf("build job: %v\n%s", err, log)
 			}
@@ -158,9 +158,9 @@ func benchJob(env *testenv.Env, runs, builds int) error {
 }
 
 // ctrRun times one `ctr run --rm` of rootfs running true.
-func ctrRun(env *testenv.Env, rootfs, id string, args []string) (time.Duration, error) {
-	argv := append([]string{"-a", env.ContainerdSocket, "-n", "hearth-bench", "run", "--rm", "--rootfs"}, args...)
-	argv = append(argv, rootfs, id, env.Environment+"/bin/true")
+func ctrRun(parts *testenv.Parts, rootfs, id string, args []string) (time.Duration, error) {
+	argv := append([]string{"-a", parts.ContainerdSocket, "-n", "hearth-bench", "run", "--rm", "--rootfs"}, args...)
+	argv = append(argv, rootfs, id, parts.Environment+"/bin/true")
 	start := time.Now()
 	out, err := exec.Command("ctr", argv...).CombinedOutput()
 	d := time.Since(start)
@@ -170,13 +170,13 @@ func ctrRun(env *testenv.Env, rootfs, id string, args []string) (time.Duration, 
 	return d, nil
 }
 
-func runJob(env *testenv.Env, cfg, src string, timed func(string, time.Duration)) (time.Duration, string, error) {
+func runJob(parts *testenv.Parts, cfg, src string, timed func(string, time.Duration)) (time.Duration, string, error) {
 	job, err := runner.ParseJob([]byte(src), "job")
 	if err != nil {
 		return 0, "", err
 	}
 	drv := func(stage string) runner.Command {
-		return runner.Command{Exec: env.Hearth, Args: []string{"--config", cfg, "driver", stage}}
+		return runner.Command{Exec: parts.Hearth, Args: []string{"--config", cfg, "driver", stage}}
 	}
 	var log strings.Builder
 	jobRunner := runner.New(runner.Options{

@@ -47,27 +47,27 @@ func main() {
 
 func run() error {
 	fmt.Println("==> starting a private containerd and nix-daemon (sandbox on), building hearth")
-	env, err := testenv.Start(testenv.Options{})
+	parts, err := testenv.Start(testenv.Options{})
 	if err != nil {
 		return err
 	}
-	defer env.Stop()
-	cfg, err := env.WriteConfig("", "", "")
+	defer parts.Stop()
+	cfg, err := parts.WriteConfig("", "", "")
 	if err != nil {
 		return err
 	}
-	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, env.Config("", "", ""))
-	dir := filepath.Join(env.Dir, "project")
+	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, parts.Config("", "", ""))
+	dir := filepath.Join(parts.Dir, "project")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	yml := fmt.Sprintf(pipeline, env.Tools, time.Now().Unix())
+	yml := fmt.Sprintf(pipeline, parts.Tools, time.Now().Unix())
 	if err := os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte(yml), 0o644); err != nil {
 		return err
 	}
 	for i, title := range []string{"first run: the derivation is built", "second run: the same derivation is already in the store"} {
 		fmt.Printf("\n==> hearth exec build (%s)\n", title)
-		cmd := exec.Command(env.Hearth, "--config", cfg, "exec", "--job-id", fmt.Sprint(1000+i), "build")
+		cmd := exec.Command(parts.Hearth, "--config", cfg, "exec", "--job-id", fmt.Sprint(1000+i), "build")
 		cmd.Dir = dir
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		start := time.Now()

@@ -28,7 +28,7 @@ var (
 // table for it and the bucket's directory (a file:// cache Nix can read).
 func s3Bucket(t *testing.T, signingKey string) (string, string) {
 	t.Helper()
-	s3once.Do(func() { s3server, s3err = testenv.StartS3(filepath.Join(env.Dir, "s3")) })
+	s3once.Do(func() { s3server, s3err = testenv.StartS3(filepath.Join(parts.Dir, "s3")) })
 	if s3err != nil {
 		t.Fatal(s3err)
 	}
@@ -69,7 +69,7 @@ func buildJob(nonce string, n int, extra string) string {
 %s
       EOF
     - nix-build --no-out-link %s chain.nix
-%s`, indent(env.ChainExpr(nonce, n), "      "), extra, "")
+%s`, indent(parts.ChainExpr(nonce, n), "      "), extra, "")
 }
 
 var storePathRE = regexp.MustCompile(`/nix/store/[0-9a-z]{32}-chain-[0-9a-z-]+`)
@@ -133,7 +133,7 @@ func TestJobOutputsReachEachCache(t *testing.T) {
 				if !strings.Contains(log, "pushed "+p+" (") {
 					t.Fatalf("the job log does not show %s pushed:\n%s", p, log)
 				}
-				root, err := env.Substitute(b.substituter, b.publicKey, p)
+				root, err := parts.Substitute(b.substituter, b.publicKey, p)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -147,24 +147,24 @@ func TestJobOutputsReachEachCache(t *testing.T) {
 
 // Paths the daemon substituted from the cache are not pushed again: only what the job built is.
 func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
-	cfg := writeCacheConfig(t, "", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", env.TeamCache, env.TeamKey))
+	cfg := writeCacheConfig(t, "", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", parts.TeamCache, parts.TeamKey))
 	nonce := fmt.Sprint("subst-", time.Now().UnixNano())
 	// Two paths built on the host and pushed, then deleted from the store.
-	first, err := env.BuildChain(nonce, 2)
+	first, err := parts.BuildChain(nonce, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out, err := runHearth(cfg, "cache", "push", first[1]); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
-	if _, err := env.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
+	if _, err := parts.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(first[0]); err == nil {
 		t.Fatal("the paths are still in the store")
 	}
 	// The job builds a third path on top: the daemon substitutes the first two from the cache.
-	res, log := runJob(t, cfg, buildJob(nonce, 3, "--option substituters file://"+env.TeamCache), "build")
+	res, log := runJob(t, cfg, buildJob(nonce, 3, "--option substituters file://"+parts.TeamCache), "build")
 	if res.State != "success" {
 		t.Fatalf("%s\n%s", res, log)
 	}
@@ -184,7 +184,7 @@ func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
 
 // runHearth runs the hearth binary with a config.
 func runHearth(cfg string, args ...string) (string, error) {
-	cmd := execCommand(env.Hearth, append([]string{"--config", cfg}, args...)...)
+	cmd := execCommand(parts.Hearth, append([]string{"--config", cfg}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -227,7 +227,7 @@ func TestJobCannotReadCacheSecrets(t *testing.T) {
 // queueEntries lists the entries of the daemon's queue.
 func queueEntries(t *testing.T) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(env.QueueDir(), "*.paths"))
+	m, err := filepath.Glob(filepath.Join(parts.QueueDir(), "*.paths"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +284,7 @@ func TestCacheErrorsKeepTheQueue(t *testing.T) {
 		})
 	}
 	t.Run("corrupt queue entry", func(t *testing.T) {
-		bad := filepath.Join(env.QueueDir(), "0-corrupt.paths")
+		bad := filepath.Join(parts.QueueDir(), "0-corrupt.paths")
 		if err := os.WriteFile(bad, []byte("hearth-queue 1\nout not-a-path\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -303,7 +303,7 @@ func TestCacheErrorsKeepTheQueue(t *testing.T) {
 // queued reports whether a queue entry names path (or the derivation that built it).
 func queued(t *testing.T, path string) bool {
 	t.Helper()
-	drv, err := env.Nix("nix-store", "--query", "--deriver", path)
+	drv, err := parts.Nix("nix-store", "--query", "--deriver", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,14 +344,14 @@ func TestPushOnlyFromProtectedRefs(t *testing.T) {
 func TestCacheWatch(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n", dir))
-	watch := execCommand(env.Hearth, "--config", cfg, "cache", "watch", "--interval", "200ms")
+	watch := execCommand(parts.Hearth, "--config", cfg, "cache", "watch", "--interval", "200ms")
 	var logs syncBuffer
 	watch.Stdout, watch.Stderr = &logs, &logs
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
-	built, err := env.BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
+	built, err := parts.BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
 	if err != nil {
 		t.Fatal(err)
 	}

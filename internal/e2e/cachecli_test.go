@@ -16,7 +16,7 @@ import (
 // was changed afterwards; the Nix that trusts the public key substitutes what was pushed.
 func TestCacheCommands(t *testing.T) {
 	dir := t.TempDir()
-	out, err := exec.Command(env.Hearth, "cache", "keygen", "--dir", dir, "hearth-cli-1").CombinedOutput()
+	out, err := exec.Command(parts.Hearth, "cache", "keygen", "--dir", dir, "hearth-cli-1").CombinedOutput()
 	if err != nil {
 		t.Fatalf("keygen: %v\n%s", err, out)
 	}
@@ -30,25 +30,25 @@ func TestCacheCommands(t *testing.T) {
 	}
 	cacheDir := filepath.Join(dir, "cache")
 	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", cacheDir, secret))
-	chain, err := env.BuildChain(fmt.Sprint("cli-", time.Now().UnixNano()), 3)
+	chain, err := parts.BuildChain(fmt.Sprint("cli-", time.Now().UnixNano()), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	top := chain[2]
 
-	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "push", "--no-closure", top).CombinedOutput()
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "push", "--no-closure", top).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^1/1 paths, `).Match(out) || !strings.Contains(string(out), "pushed 1 path") {
 		t.Fatalf("push --no-closure: %v\n%s", err, out)
 	}
-	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "push", top).CombinedOutput()
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "push", top).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^2/2 paths, .*/s$`).Match(out) || !strings.Contains(string(out), "pushed 2 paths") || !strings.Contains(string(out), "1 already in the cache") {
 		t.Fatalf("push of the closure: %v\n%s", err, out)
 	}
-	if _, err := env.Substitute("file://"+cacheDir, strings.TrimSpace(string(pubKey)), top); err != nil {
+	if _, err := parts.Substitute("file://"+cacheDir, strings.TrimSpace(string(pubKey)), top); err != nil {
 		t.Fatal(err)
 	}
 
-	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 narinfos checked") || !strings.Contains(string(out), "0 bad") {
 		t.Fatalf("verify of a sound cache: %v\n%s", err, out)
 	}
@@ -64,12 +64,12 @@ func TestCacheCommands(t *testing.T) {
 	if err := os.WriteFile(nars[0], b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "1 bad") || !strings.Contains(string(out), "BAD ") {
 		t.Fatalf("verify did not catch a swapped NAR: %v\n%s", err, out)
 	}
 	// A wrong public key: every signature fails.
-	out, err = exec.Command(env.Hearth, "--config", cfg, "cache", "verify", "--public-key", "someone-else-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=").CombinedOutput()
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify", "--public-key", "someone-else-1:QbBbnHDtJkm0Q3BkOKZJMnJZOSdKIMXGgQ0PfUjVNpE=").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "3 bad") || !strings.Contains(string(out), "no signature by someone-else-1 verifies") {
 		t.Fatalf("verify with another key: %v\n%s", err, out)
 	}
@@ -82,7 +82,7 @@ func TestCacheHookNeverFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	broken := writeCacheConfig(t, "", fmt.Sprintf("queue_dir = %q", blocker), "")
-	broken = strings.Replace(readFile(t, broken), fmt.Sprintf("queue_dir = %q\n", env.QueueDir()), "", 1)
+	broken = strings.Replace(readFile(t, broken), fmt.Sprintf("queue_dir = %q\n", parts.QueueDir()), "", 1)
 	brokenFile := filepath.Join(t.TempDir(), "broken.toml")
 	if err := os.WriteFile(brokenFile, []byte(broken), 0o644); err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func TestCacheHookNeverFails(t *testing.T) {
 		{"config missing", "/nonexistent/config.toml", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "", "were not queued", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(env.Hearth, "--config", tc.cfg, "cache", "hook")
+			cmd := exec.Command(parts.Hearth, "--config", tc.cfg, "cache", "hook")
 			cmd.Env = append(os.Environ(), "OUT_PATHS="+tc.outPaths, "DRV_PATH="+tc.drv)
 			var stderr strings.Builder
 			cmd.Stderr = &stderr

@@ -44,7 +44,7 @@ func TestGCRemovesOrphansOnly(t *testing.T) {
 	}
 
 	time.Sleep(1500 * time.Millisecond)
-	out, err := exec.Command(env.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
+	out, err := exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("gc: %v\n%s", err, out)
 	}
@@ -58,7 +58,7 @@ func TestGCRemovesOrphansOnly(t *testing.T) {
 	if !strings.Contains(ctrList(t, "containers"), running.containerID()) || len(sleepers(running.containerID())) == 0 {
 		t.Fatal("gc removed the running job or its stage")
 	}
-	if _, err := os.Stat(filepath.Join(env.StateDir(), "jobs", running.containerID(), "agent", "agent.sock")); err != nil {
+	if _, err := os.Stat(filepath.Join(parts.StateDir(), "jobs", running.containerID(), "agent", "agent.sock")); err != nil {
 		t.Fatalf("gc removed the running job's state: %v", err)
 	}
 	if err := alive.Process.Signal(syscall.SIGTERM); err != nil {
@@ -85,7 +85,7 @@ func TestJobCannotRedirectStagesToAnotherJob(t *testing.T) {
 		}
 		defer j.call("cleanup")
 	}
-	target := filepath.Join(env.StateDir(), "jobs", victim.containerID(), "agent", "agent.sock")
+	target := filepath.Join(parts.StateDir(), "jobs", victim.containerID(), "agent", "agent.sock")
 	code, out := attacker.runScript("build_script", "rm /.hearth/run/agent.sock && ln -s "+target+" /.hearth/run/agent.sock && echo swapped\n")
 	if code != 0 || !strings.Contains(out, "swapped") {
 		t.Fatalf("the attacker's script: exit %d\n%s", code, out)

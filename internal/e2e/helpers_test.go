@@ -31,7 +31,7 @@ func newDriverJob(t *testing.T, cfg, image string) *driverJob {
 }
 
 func (j *driverJob) command(stage string, args ...string) *exec.Cmd {
-	cmd := exec.Command(env.Hearth, append([]string{"--config", j.cfg, "driver", stage}, args...)...)
+	cmd := exec.Command(parts.Hearth, append([]string{"--config", j.cfg, "driver", stage}, args...)...)
 	cmd.Dir = j.dir
 	cmd.Env = append(os.Environ(),
 		"TMPDIR="+j.dir,

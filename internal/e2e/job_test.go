@@ -110,7 +110,7 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	marker := "/tmp/hearth-hook-ran-" + nonce
 	defer os.Remove(marker)
-	before, err := os.ReadFile(env.NixLog)
+	before, err := os.ReadFile(parts.NixLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the daemon ran a post-build-hook the job chose: the job is a trusted user")
 	}
-	after, err := os.ReadFile(env.NixLog)
+	after, err := os.ReadFile(parts.NixLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	if err := os.WriteFile(drv, []byte(derivation("hook-control-"+nonce, 0)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.Nix("nix-build", "--no-out-link", "--option", "post-build-hook", hook, drv); err != nil {
+	if _, err := parts.Nix("nix-build", "--no-out-link", "--option", "post-build-hook", hook, drv); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(marker); err != nil {
@@ -218,7 +218,7 @@ func sleepers(id string) []int {
 // A prepare that fails three times, each followed by cleanup, leaves nothing behind. The failure
 // comes late: the environment has no bash, which only the agent inside the started container sees.
 func TestPrepareFailsThreeTimes(t *testing.T) {
-	nobash, err := env.Nix("nix-store", "--add", mkdirWith(t, "hearth-no-bash", map[string]string{"bin/hello": "#!/nowhere\n"}))
+	nobash, err := parts.Nix("nix-store", "--add", mkdirWith(t, "hearth-no-bash", map[string]string{"bin/hello": "#!/nowhere\n"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,10 +254,10 @@ func TestImageNotAllowed(t *testing.T) {
 
 // containerd unreachable is a system failure that names the socket.
 func TestContainerdUnreachable(t *testing.T) {
-	missing := filepath.Join(env.Dir, "no-such-containerd.sock")
+	missing := filepath.Join(parts.Dir, "no-such-containerd.sock")
 	cfg := writeConfig(t, "", "")
 	b, _ := os.ReadFile(cfg)
-	if err := os.WriteFile(cfg, []byte(strings.Replace(string(b), env.ContainerdSocket, missing, 1)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(b), parts.ContainerdSocket, missing, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	res, log := runJob(t, cfg, "j:\n  script: [\"true\"]\n", "j")
@@ -311,7 +311,7 @@ func TestFourJobsAtOnce(t *testing.T) {
 			t.Error(msg)
 		}
 	}
-	owners, _ := filepath.Glob(filepath.Join(env.BuildsRoot(), "*", "7", "*", "group", "project", "owner"))
+	owners, _ := filepath.Glob(filepath.Join(parts.BuildsRoot(), "*", "7", "*", "group", "project", "owner"))
 	seen := map[string]bool{}
 	for _, o := range owners {
 		b, _ := os.ReadFile(o)

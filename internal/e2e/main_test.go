@@ -21,7 +21,7 @@ import (
 	"github.com/hearth-ci/hearth/runner"
 )
 
-var env *testenv.Env
+var parts *testenv.Parts
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -30,12 +30,12 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	var err error
-	env, err = testenv.Start(testenv.Options{})
+	parts, err = testenv.Start(testenv.Options{})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: cannot start the test environment: %v\n", err)
 		os.Exit(1)
 	}
-	if out, err := env.Ctr(context.Background(), "default", "version"); err == nil {
+	if out, err := parts.Ctr(context.Background(), "default", "version"); err == nil {
 		// Which daemon the tests ran against goes in the log: Debian's 1.6, or the one
 		// HEARTH_TEST_CONTAINERD names.
 		fmt.Printf("e2e: containerd server %s\n", serverVersion(out))
@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 	if s3server != nil {
 		s3server.Close()
 	}
-	env.Stop()
+	parts.Stop()
 	os.Exit(code)
 }
 
@@ -95,7 +95,7 @@ func writeConfig(t *testing.T, jobs, tables string) string {
 
 func writeCacheConfig(t *testing.T, jobs, cache, tables string) string {
 	t.Helper()
-	p, err := env.WriteConfig(jobs, cache, tables)
+	p, err := parts.WriteConfig(jobs, cache, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func jobOptions(t *testing.T, cfg, src, name string, log *syncBuffer) runner.Opt
 		t.Fatal(err)
 	}
 	drv := func(stage string) runner.Command {
-		return runner.Command{Exec: env.Hearth, Args: []string{"--config", cfg, "driver", stage}}
+		return runner.Command{Exec: parts.Hearth, Args: []string{"--config", cfg, "driver", stage}}
 	}
 	return runner.Options{
 		Custom: runner.Custom{Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup"),
@@ -154,7 +154,7 @@ derivation {
   builder = "${tools}/bin/bash";
   PATH = "${tools}/bin";
   args = [ "-c" "sleep %d; echo built > $out" ];
-}`, env.Tools, nonce, sleep)
+}`, parts.Tools, nonce, sleep)
 }
 
 // ctrList lists a kind of containerd object (containers, tasks, snapshots) in hearth's test namespace.
@@ -164,7 +164,7 @@ func ctrList(t *testing.T, kind string) string {
 	if kind != "snapshots" { // ctr 1.6 has no -q for snapshots; their keys are in the listing anyway
 		args = append(args, "-q")
 	}
-	out, err := env.Ctr(context.Background(), "hearth-test", args...)
+	out, err := parts.Ctr(context.Background(), "hearth-test", args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,10 +188,10 @@ func assertNothingLeft(t *testing.T, id string) {
 			t.Errorf("process %d still runs in the cgroup of %s", pid, id)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(env.StateDir(), "jobs", id)); err == nil {
+	if _, err := os.Stat(filepath.Join(parts.StateDir(), "jobs", id)); err == nil {
 		t.Errorf("state dir of %s remains", id)
 	}
-	claims, _ := filepath.Glob(filepath.Join(env.BuildsRoot(), "*", "*", "*.claim"))
+	claims, _ := filepath.Glob(filepath.Join(parts.BuildsRoot(), "*", "*", "*.claim"))
 	for _, c := range claims {
 		if b, _ := os.ReadFile(c); strings.TrimSpace(string(b)) == id {
 			t.Errorf("builds dir claim %s of %s remains", c, id)

@@ -11,7 +11,7 @@ import (
 // Dir/hearth, a default environment pointing at Environment, and a file cache under Dir/hearth fed
 // by the daemon's post-build-hook. jobs is added to the [jobs] table and cache to the [cache]
 // table; tables is appended at the end (more [environments.NAME], say, or [cache.s3]).
-func (e *Env) Config(jobs, cache, tables string) string {
+func (e *Parts) Config(jobs, cache, tables string) string {
 	h := filepath.Join(e.Dir, "hearth")
 	if !strings.Contains(tables, "[cache.file]") {
 		tables += fmt.Sprintf("\n[cache.file]\ndir = %q\n", e.FileCacheDir())
@@ -39,13 +39,13 @@ queue_dir = %q
 }
 
 // QueueDir is where the daemon's post-build-hook queues built paths.
-func (e *Env) QueueDir() string { return filepath.Join(e.Dir, "hearth", "queue") }
+func (e *Parts) QueueDir() string { return filepath.Join(e.Dir, "hearth", "queue") }
 
 // FileCacheDir is the file cache of configs whose [cache] says nothing else.
-func (e *Env) FileCacheDir() string { return filepath.Join(e.Dir, "hearth", "binary-cache") }
+func (e *Parts) FileCacheDir() string { return filepath.Join(e.Dir, "hearth", "binary-cache") }
 
 // WriteConfig writes Config(jobs, cache, tables) to a new file under Dir and returns its path.
-func (e *Env) WriteConfig(jobs, cache, tables string) (string, error) {
+func (e *Parts) WriteConfig(jobs, cache, tables string) (string, error) {
 	f, err := os.CreateTemp(e.Dir, "config-*.toml")
 	if err != nil {
 		return "", err
@@ -58,5 +58,5 @@ func (e *Env) WriteConfig(jobs, cache, tables string) (string, error) {
 }
 
 // StateDir, BuildsRoot are where configs from Config keep job state and builds dirs.
-func (e *Env) StateDir() string   { return filepath.Join(e.Dir, "hearth", "state") }
-func (e *Env) BuildsRoot() string { return filepath.Join(e.Dir, "hearth", "builds") }
+func (e *Parts) StateDir() string   { return filepath.Join(e.Dir, "hearth", "state") }
+func (e *Parts) BuildsRoot() string { return filepath.Join(e.Dir, "hearth", "builds") }

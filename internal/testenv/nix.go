@@ -12,7 +12,7 @@ import (
 
 // ChainExpr is a Nix expression for n derivations, each referencing the one before; it evaluates
 // to a list of them. Derivations with the same nonce and index are the same derivation.
-func (e *Env) ChainExpr(nonce string, n int) string {
+func (e *Parts) ChainExpr(nonce string, n int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n", e.Tools)
 	prev := ""
@@ -35,7 +35,7 @@ func (e *Env) ChainExpr(nonce string, n int) string {
 
 // BuildChain builds ChainExpr(nonce, n) through the daemon, as root, and returns the outputs, the
 // first built first.
-func (e *Env) BuildChain(nonce string, n int) ([]string, error) {
+func (e *Parts) BuildChain(nonce string, n int) ([]string, error) {
 	f := filepath.Join(e.Dir, "chain-"+nonce+".nix")
 	if err := os.WriteFile(f, []byte(e.ChainExpr(nonce, n)), 0o644); err != nil {
 		return nil, err
@@ -49,7 +49,7 @@ func (e *Env) BuildChain(nonce string, n int) ([]string, error) {
 
 // AddRandom adds a path holding size random bytes in one file (and a small second file) to the
 // store, and returns it.
-func (e *Env) AddRandom(name string, size int64) (string, error) {
+func (e *Parts) AddRandom(name string, size int64) (string, error) {
 	dir := filepath.Join(e.Dir, "random", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -75,7 +75,7 @@ func (e *Env) AddRandom(name string, size int64) (string, error) {
 
 // Substitute copies path and its closure from substituter into a new, empty store under Dir,
 // trusting only publicKey, as a fresh host would; it returns the store's root.
-func (e *Env) Substitute(substituter, publicKey, path string) (string, error) {
+func (e *Parts) Substitute(substituter, publicKey, path string) (string, error) {
 	root, err := os.MkdirTemp(e.Dir, "store-")
 	if err != nil {
 		return "", err

@@ -14,7 +14,7 @@ var nixCommands = []string{"nix", "nix-build", "nix-store", "nix-instantiate", "
 // makeStorePaths adds the tools and the environment to the store. Nix from Debian is linked against
 // /usr/lib; the tools path carries those libraries and the dynamic loader, and the environment's
 // nix commands run the binary through that loader, so nothing outside /nix/store is needed.
-func (e *Env) makeStorePaths() error {
+func (e *Parts) makeStorePaths() error {
 	tools := filepath.Join(e.Dir, "build", "hearth-test-tools")
 	for _, d := range []string{"bin", "lib", "libexec"} {
 		if err := os.MkdirAll(filepath.Join(tools, d), 0o755); err != nil {

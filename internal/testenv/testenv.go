@@ -20,8 +20,8 @@ import (
 	"time"
 )
 
-// Env is a running test environment.
-type Env struct {
+// Parts is a running test environment: the real parts hearth runs on, started for tests.
+type Parts struct {
 	// Dir holds everything the environment made; Stop removes it.
 	Dir              string
 	ContainerdSocket string
@@ -52,7 +52,7 @@ type Options struct {
 }
 
 // Start builds hearth and starts containerd and nix-daemon under a new directory. Stop undoes it.
-func Start(opts Options) (env *Env, err error) {
+func Start(opts Options) (parts *Parts, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the test environment needs root (containerd, user namespaces, nix-daemon)")
 	}
@@ -72,28 +72,28 @@ func Start(opts Options) (env *Env, err error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	env = &Env{Dir: dir}
+	parts = &Parts{Dir: dir}
 	defer func() {
 		if err != nil {
-			env.Stop()
-			env = nil
+			parts.Stop()
+			parts = nil
 		}
 	}()
-	if env.Hearth, err = BuildHearth(filepath.Join(dir, "bin", "hearth")); err != nil {
-		return env, err
+	if parts.Hearth, err = BuildHearth(filepath.Join(dir, "bin", "hearth")); err != nil {
+		return parts, err
 	}
 	if !opts.NoContainerd {
-		if err := env.startContainerd(); err != nil {
-			return env, err
+		if err := parts.startContainerd(); err != nil {
+			return parts, err
 		}
 	}
-	if err := env.startNixDaemon(opts.NixConf); err != nil {
-		return env, err
+	if err := parts.startNixDaemon(opts.NixConf); err != nil {
+		return parts, err
 	}
-	if err := env.makeStorePaths(); err != nil {
-		return env, err
+	if err := parts.makeStorePaths(); err != nil {
+		return parts, err
 	}
-	return env, nil
+	return parts, nil
 }
 
 // ModuleRoot is the directory of this checkout's go.mod.
@@ -131,7 +131,7 @@ func BuildHearth(out string) (string, error) {
 	return out, nil
 }
 
-func (e *Env) startContainerd() error {
+func (e *Parts) startContainerd() error {
 	d := filepath.Join(e.Dir, "containerd")
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return err
@@ -161,7 +161,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return waitSocket(e.ContainerdSocket, 20*time.Second)
 }
 
-func (e *Env) startNixDaemon(extra string) error {
+func (e *Parts) startNixDaemon(extra string) error {
 	d := filepath.Join(e.Dir, "nix")
 	e.NixConfDir = filepath.Join(d, "conf")
 	if err := os.MkdirAll(e.NixConfDir, 0o755); err != nil {
@@ -211,12 +211,12 @@ func (e *Env) startNixDaemon(extra string) error {
 }
 
 // NixEnv is the environment that points Nix commands at the private daemon and its config.
-func (e *Env) NixEnv() []string {
+func (e *Parts) NixEnv() []string {
 	return append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
 }
 
 // Nix runs a Nix command against the private daemon and returns its stdout.
-func (e *Env) Nix(args ...string) (string, error) {
+func (e *Parts) Nix(args ...string) (string, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = e.NixEnv()
 	var stderr strings.Builder
@@ -228,7 +228,7 @@ func (e *Env) Nix(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func (e *Env) spawn(logPath string, environ []string, args ...string) error {
+func (e *Parts) spawn(logPath string, environ []string, args ...string) error {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
@@ -263,7 +263,7 @@ func waitSocket(path string, timeout time.Duration) error {
 
 // Stop ends the daemons, and the shims of the private containerd (they outlive it by design), and
 // removes the directory.
-func (e *Env) Stop() {
+func (e *Parts) Stop() {
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		p := e.procs[i]
 		_ = syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
@@ -306,7 +306,7 @@ func ProcessesMatching(s string) []int {
 }
 
 // Ctr runs Debian's ctr against the private containerd.
-func (e *Env) Ctr(ctx context.Context, namespace string, args ...string) (string, error) {
+func (e *Parts) Ctr(ctx context.Context, namespace string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", e.ContainerdSocket, "-n", namespace}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
