@@ -150,14 +150,15 @@ func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
 	cfg := writeCacheConfig(t, "", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", parts.TeamCache, parts.TeamKey))
 	nonce := fmt.Sprint("subst-", time.Now().UnixNano())
 	// Two paths built on the host and pushed, then deleted from the store.
-	first, err := parts.BuildChain(nonce, 2)
+	d := daemonOf(t)
+	first, err := d.BuildChain(nonce, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out, err := runHearth(cfg, "cache", "push", first[1]); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
-	if _, err := parts.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
+	if _, err := d.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(first[0]); err == nil {
@@ -224,10 +225,10 @@ func TestJobCannotReadCacheSecrets(t *testing.T) {
 	}
 }
 
-// queueEntries lists the entries of the daemon's queue.
+// queueEntries lists the entries of the queue of t's daemon.
 func queueEntries(t *testing.T) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(parts.QueueDir(), "*.paths"))
+	m, err := filepath.Glob(filepath.Join(daemonOf(t).QueueDir(), "*.paths"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +285,10 @@ func TestCacheErrorsKeepTheQueue(t *testing.T) {
 		})
 	}
 	t.Run("corrupt queue entry", func(t *testing.T) {
-		bad := filepath.Join(parts.QueueDir(), "0-corrupt.paths")
+		bad := filepath.Join(daemonOf(t).QueueDir(), "0-corrupt.paths")
+		if err := os.MkdirAll(filepath.Dir(bad), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(bad, []byte("hearth-queue 1\nout not-a-path\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +355,7 @@ func TestCacheWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
-	built, err := parts.BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
+	built, err := daemonOf(t).BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func TestCacheHookNeverFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	broken := writeCacheConfig(t, "", fmt.Sprintf("queue_dir = %q", blocker), "")
-	broken = strings.Replace(readFile(t, broken), fmt.Sprintf("queue_dir = %q\n", parts.QueueDir()), "", 1)
+	broken = strings.Replace(readFile(t, broken), fmt.Sprintf("queue_dir = %q\n", daemonOf(t).QueueDir()), "", 1)
 	brokenFile := filepath.Join(t.TempDir(), "broken.toml")
 	if err := os.WriteFile(brokenFile, []byte(broken), 0o644); err != nil {
 		t.Fatal(err)

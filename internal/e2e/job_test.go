@@ -110,7 +110,8 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	marker := "/tmp/hearth-hook-ran-" + nonce
 	defer os.Remove(marker)
-	before, err := os.ReadFile(parts.NixLog)
+	d := daemonOf(t)
+	before, err := os.ReadFile(d.NixLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the daemon ran a post-build-hook the job chose: the job is a trusted user")
 	}
-	after, err := os.ReadFile(parts.NixLog)
+	after, err := os.ReadFile(d.NixLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 	if err := os.WriteFile(drv, []byte(derivation("hook-control-"+nonce, 0)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := parts.Nix("nix-build", "--no-out-link", "--option", "post-build-hook", hook, drv); err != nil {
+	if _, err := d.Nix("nix-build", "--no-out-link", "--option", "post-build-hook", hook, drv); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(marker); err != nil {

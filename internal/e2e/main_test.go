@@ -93,13 +93,47 @@ func writeConfig(t *testing.T, jobs, tables string) string {
 	return writeCacheConfig(t, jobs, "", tables)
 }
 
+// writeCacheConfig writes a config for the test's own daemon (see daemonOf).
 func writeCacheConfig(t *testing.T, jobs, cache, tables string) string {
 	t.Helper()
-	p, err := parts.WriteConfig(jobs, cache, tables)
+	p, err := daemonOf(t).WriteConfig(jobs, cache, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+var daemons struct {
+	sync.Mutex
+	of map[*testing.T]*testenv.Daemon
+}
+
+// daemonOf returns the nix-daemon of test t, started on first use and stopped when t ends: jobs
+// of the test build through it, so its post-build-hook queue holds only what the test built and
+// its log only the test's connections. A flush drains the queue of the daemon its config names, so
+// a test never pushes what another test left queued.
+func daemonOf(t *testing.T) *testenv.Daemon {
+	t.Helper()
+	daemons.Lock()
+	defer daemons.Unlock()
+	if d := daemons.of[t]; d != nil {
+		return d
+	}
+	d, err := parts.NewDaemon()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if daemons.of == nil {
+		daemons.of = map[*testing.T]*testenv.Daemon{}
+	}
+	daemons.of[t] = d
+	t.Cleanup(func() {
+		d.Stop()
+		daemons.Lock()
+		delete(daemons.of, t)
+		daemons.Unlock()
+	})
+	return d
 }
 
 var jobIDs struct {

@@ -7,11 +7,12 @@ import (
 	"strings"
 )
 
-// Config returns a hearth config for this environment: its containerd and nix-daemon, dirs under
-// Dir/hearth, a default environment pointing at Environment, and a file cache under Dir/hearth fed
-// by the daemon's post-build-hook. jobs is added to the [jobs] table and cache to the [cache]
+// Config returns a hearth config for this environment and daemon: the environment's containerd,
+// the daemon and its queue, dirs under Dir/hearth, a default environment pointing at Environment,
+// and a file cache under Dir/hearth. jobs is added to the [jobs] table and cache to the [cache]
 // table; tables is appended at the end (more [environments.NAME], say, or [cache.s3]).
-func (e *Parts) Config(jobs, cache, tables string) string {
+func (d *Daemon) Config(jobs, cache, tables string) string {
+	e := d.parts
 	h := filepath.Join(e.Dir, "hearth")
 	if !strings.Contains(tables, "[cache.file]") {
 		tables += fmt.Sprintf("\n[cache.file]\ndir = %q\n", e.FileCacheDir())
@@ -34,24 +35,21 @@ store_path = %q
 [cache]
 queue_dir = %q
 %s
-%s`, e.ContainerdSocket, e.NixSocket, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
-		e.QueueDir(), cache, tables)
+%s`, e.ContainerdSocket, d.NixSocket, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
+		d.QueueDir(), cache, tables)
 }
-
-// QueueDir is where the daemon's post-build-hook queues built paths.
-func (e *Parts) QueueDir() string { return filepath.Join(e.Dir, "hearth", "queue") }
 
 // FileCacheDir is the file cache of configs whose [cache] says nothing else.
 func (e *Parts) FileCacheDir() string { return filepath.Join(e.Dir, "hearth", "binary-cache") }
 
 // WriteConfig writes Config(jobs, cache, tables) to a new file under Dir and returns its path.
-func (e *Parts) WriteConfig(jobs, cache, tables string) (string, error) {
-	f, err := os.CreateTemp(e.Dir, "config-*.toml")
+func (d *Daemon) WriteConfig(jobs, cache, tables string) (string, error) {
+	f, err := os.CreateTemp(d.parts.Dir, "config-*.toml")
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	if _, err := f.WriteString(e.Config(jobs, cache, tables)); err != nil {
+	if _, err := f.WriteString(d.Config(jobs, cache, tables)); err != nil {
 		return "", err
 	}
 	return f.Name(), nil

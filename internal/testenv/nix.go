@@ -12,9 +12,9 @@ import (
 
 // ChainExpr is a Nix expression for n derivations, each referencing the one before; it evaluates
 // to a list of them. Derivations with the same nonce and index are the same derivation.
-func (e *Parts) ChainExpr(nonce string, n int) string {
+func (d *Daemon) ChainExpr(nonce string, n int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n", e.Tools)
+	fmt.Fprintf(&b, "let tools = builtins.storePath %q;\n", d.parts.Tools)
 	prev := ""
 	for i := 0; i < n; i++ {
 		dep := "\"\""
@@ -33,14 +33,14 @@ func (e *Parts) ChainExpr(nonce string, n int) string {
 	return b.String()
 }
 
-// BuildChain builds ChainExpr(nonce, n) through the daemon, as root, and returns the outputs, the
+// BuildChain builds ChainExpr(nonce, n) through the daemon, as root (so its post-build-hook queues them), and returns the outputs, the
 // first built first.
-func (e *Parts) BuildChain(nonce string, n int) ([]string, error) {
-	f := filepath.Join(e.Dir, "chain-"+nonce+".nix")
-	if err := os.WriteFile(f, []byte(e.ChainExpr(nonce, n)), 0o644); err != nil {
+func (d *Daemon) BuildChain(nonce string, n int) ([]string, error) {
+	f := filepath.Join(d.parts.Dir, "chain-"+nonce+".nix")
+	if err := os.WriteFile(f, []byte(d.ChainExpr(nonce, n)), 0o644); err != nil {
 		return nil, err
 	}
-	out, err := e.Nix("nix-build", "--no-out-link", f)
+	out, err := d.Nix("nix-build", "--no-out-link", f)
 	if err != nil {
 		return nil, err
 	}
@@ -49,8 +49,8 @@ func (e *Parts) BuildChain(nonce string, n int) ([]string, error) {
 
 // AddRandom adds a path holding size random bytes in one file (and a small second file) to the
 // store, and returns it.
-func (e *Parts) AddRandom(name string, size int64) (string, error) {
-	dir := filepath.Join(e.Dir, "random", name)
+func (d *Daemon) AddRandom(name string, size int64) (string, error) {
+	dir := filepath.Join(d.parts.Dir, "random", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -68,22 +68,22 @@ func (e *Parts) AddRandom(name string, size int64) (string, error) {
 	if err := os.WriteFile(filepath.Join(dir, "name"), []byte(name+"\n"), 0o644); err != nil {
 		return "", err
 	}
-	p, err := e.Nix("nix-store", "--add", dir)
+	p, err := d.Nix("nix-store", "--add", dir)
 	os.RemoveAll(dir)
 	return p, err
 }
 
 // Substitute copies path and its closure from substituter into a new, empty store under Dir,
 // trusting only publicKey, as a fresh host would; it returns the store's root.
-func (e *Parts) Substitute(substituter, publicKey, path string) (string, error) {
-	root, err := os.MkdirTemp(e.Dir, "store-")
+func (d *Daemon) Substitute(substituter, publicKey, path string) (string, error) {
+	root, err := os.MkdirTemp(d.parts.Dir, "store-")
 	if err != nil {
 		return "", err
 	}
 	cmd := exec.Command("nix-store", "--store", root, "--option", "substituters", substituter,
 		"--option", "trusted-public-keys", publicKey, "--option", "require-sigs", "true", "-r", path)
 	// A local store of its own: not the daemon, and not the private daemon's config.
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+e.NixConfDir, "NIX_REMOTE=")
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+d.NixConfDir, "NIX_REMOTE=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return root, fmt.Errorf("nix-store -r %s from %s: %v: %s", path, substituter, err, out)

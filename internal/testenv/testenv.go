@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hearth-ci/hearth/nix/signing"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 // Parts is a running test environment: the real parts hearth runs on, started for tests.
@@ -25,11 +26,8 @@ type Parts struct {
 	// Dir holds everything the environment made; Stop removes it.
 	Dir              string
 	ContainerdSocket string
-	NixSocket        string
-	// NixLog is the nix-daemon's log: it names every client's uid and whether it is trusted.
-	NixLog string
-	// NixConfDir holds the daemon's nix.conf.
-	NixConfDir string
+	// Daemon is the first nix-daemon; NewDaemon starts more on the same store.
+	*Daemon
 	// Tools is a store path with busybox applets, bash and Nix's files; Environment is the store path
 	// a job environment points at (its bin/ has all of those plus working nix commands).
 	Tools, Environment string
@@ -40,7 +38,10 @@ type Parts struct {
 	// signed with (its public half is among the daemon's trusted-public-keys).
 	TeamCache, TeamKey string
 
-	procs []*exec.Cmd
+	teamPublic string
+	nixConf    string
+	procs      []*exec.Cmd
+	daemons    int
 }
 
 // Options adjust Start.
@@ -161,27 +162,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return waitSocket(e.ContainerdSocket, 20*time.Second)
 }
 
+// startNixDaemon makes the team cache and its key, then starts the environment's first daemon.
 func (e *Parts) startNixDaemon(extra string) error {
 	d := filepath.Join(e.Dir, "nix")
-	e.NixConfDir = filepath.Join(d, "conf")
-	if err := os.MkdirAll(e.NixConfDir, 0o755); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Join(d, "daemon-socket"), 0o755); err != nil {
-		return err
-	}
-	e.NixSocket = filepath.Join(d, "daemon-socket", "socket")
-	e.NixLog = filepath.Join(d, "nix-daemon.log")
-	// The daemon's post-build-hook queues what it builds, as on a runner host. Nix passes the hook
-	// no arguments, hence the wrapper; the hook's config needs only the queue.
-	hookCfg := filepath.Join(d, "hook.toml")
-	if err := os.WriteFile(hookCfg, []byte(fmt.Sprintf("[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-unused\"\n", e.QueueDir())), 0o644); err != nil {
-		return err
-	}
-	hook := filepath.Join(d, "post-build-hook")
-	if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
-		return err
-	}
 	e.TeamCache = filepath.Join(d, "team-cache")
 	if err := os.MkdirAll(e.TeamCache, 0o755); err != nil {
 		return err
@@ -190,48 +173,30 @@ func (e *Parts) startNixDaemon(extra string) error {
 	if err != nil {
 		return err
 	}
+	e.teamPublic = key.Public().String()
 	e.TeamKey = filepath.Join(d, "team-key.secret")
 	if err := os.WriteFile(e.TeamKey, []byte(key.String()+"\n"), 0o600); err != nil {
 		return err
 	}
-	// No substituters by default: the machine is offline, and a build must not wait on DNS.
-	conf := fmt.Sprintf("sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = %s\n"+
-		"trusted-substituters = file://%s\ntrusted-public-keys = %s\n", hook, e.TeamCache, key.Public()) + extra
-	if err := os.WriteFile(filepath.Join(e.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
-		return err
-	}
-	// Not NixEnv, and the local store named: a daemon whose store is the daemon (NIX_REMOTE=daemon,
-	// or "auto" on a machine where /nix/var/nix does not exist yet) serves every connection by
-	// connecting to itself, without end.
-	daemonEnv := append(os.Environ(), "NIX_REMOTE=local", "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
-	if err := e.spawn(e.NixLog, daemonEnv, "nix-daemon"); err != nil {
-		return err
-	}
-	return waitSocket(e.NixSocket, 20*time.Second)
-}
-
-// NixEnv is the environment that points Nix commands at the private daemon and its config.
-func (e *Parts) NixEnv() []string {
-	return append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+e.NixSocket, "NIX_CONF_DIR="+e.NixConfDir)
-}
-
-// Nix runs a Nix command against the private daemon and returns its stdout.
-func (e *Parts) Nix(args ...string) (string, error) {
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = e.NixEnv()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return strings.TrimSpace(string(out)), nil
+	e.nixConf = extra
+	e.Daemon, err = e.newDaemon("nix")
+	return err
 }
 
 func (e *Parts) spawn(logPath string, environ []string, args ...string) error {
-	logf, err := os.Create(logPath)
+	cmd, err := start(logPath, environ, args...)
 	if err != nil {
 		return err
+	}
+	e.procs = append(e.procs, cmd)
+	return nil
+}
+
+// start runs a server in a process group of its own, with its output in logPath.
+func start(logPath string, environ []string, args ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -239,11 +204,10 @@ func (e *Parts) spawn(logPath string, environ []string, args ...string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("start %s: %w", args[0], err)
+		return nil, fmt.Errorf("start %s: %w", args[0], err)
 	}
 	logf.Close()
-	e.procs = append(e.procs, cmd)
-	return nil
+	return cmd, nil
 }
 
 func waitSocket(path string, timeout time.Duration) error {
@@ -265,16 +229,7 @@ func waitSocket(path string, timeout time.Duration) error {
 // removes the directory.
 func (e *Parts) Stop() {
 	for i := len(e.procs) - 1; i >= 0; i-- {
-		p := e.procs[i]
-		_ = syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		stop(e.procs[i])
 	}
 	if e.ContainerdSocket != "" {
 		for _, pid := range ProcessesMatching(e.ContainerdSocket) {
@@ -282,6 +237,19 @@ func (e *Parts) Stop() {
 		}
 	}
 	_ = os.RemoveAll(e.Dir)
+}
+
+// stop ends a server's process group: SIGTERM, then SIGKILL after 10 s.
+func stop(p *exec.Cmd) {
+	_ = syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
 }
 
 // ProcessesMatching lists processes whose command line contains s.

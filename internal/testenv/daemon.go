@@ -1,0 +1,111 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Daemon is one nix-daemon on the host's store, with a log, a config and a post-build-hook queue
+// of its own. Tests that look at what a daemon logged or queued start their own, so that what
+// other tests built does not reach them.
+type Daemon struct {
+	NixSocket string
+	// NixLog is the daemon's log: it names every client's uid and whether it is trusted.
+	NixLog string
+	// NixConfDir holds the daemon's nix.conf.
+	NixConfDir string
+
+	dir   string
+	parts *Parts
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+}
+
+// NewDaemon starts another daemon on the same store, configured as the first one. Stop it when
+// done with it; Parts.Stop stops only the first.
+func (e *Parts) NewDaemon() (*Daemon, error) {
+	e.daemons++
+	return e.newDaemon(fmt.Sprintf("nix-%d", e.daemons))
+}
+
+func (e *Parts) newDaemon(name string) (*Daemon, error) {
+	d := &Daemon{dir: filepath.Join(e.Dir, name), parts: e}
+	d.NixConfDir = filepath.Join(d.dir, "conf")
+	if err := os.MkdirAll(d.NixConfDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(d.dir, "daemon-socket"), 0o755); err != nil {
+		return nil, err
+	}
+	d.NixSocket = filepath.Join(d.dir, "daemon-socket", "socket")
+	d.NixLog = filepath.Join(d.dir, "nix-daemon.log")
+	// The daemon's post-build-hook queues what it builds, as on a runner host. Nix passes the hook
+	// no arguments, hence the wrapper; the hook's config needs only the queue.
+	hookCfg := filepath.Join(d.dir, "hook.toml")
+	if err := os.WriteFile(hookCfg, []byte(fmt.Sprintf("[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-unused\"\n", d.QueueDir())), 0o644); err != nil {
+		return nil, err
+	}
+	hook := filepath.Join(d.dir, "post-build-hook")
+	if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
+		return nil, err
+	}
+	// No substituters by default: the machine is offline, and a build must not wait on DNS.
+	conf := fmt.Sprintf("sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = %s\n"+
+		"trusted-substituters = file://%s\ntrusted-public-keys = %s\n", hook, e.TeamCache, e.teamPublic) + e.nixConf
+	if err := os.WriteFile(filepath.Join(d.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	// Not NixEnv, and the local store named: a daemon whose store is the daemon (NIX_REMOTE=daemon,
+	// or "auto" on a machine where /nix/var/nix does not exist yet) serves every connection by
+	// connecting to itself, without end.
+	daemonEnv := append(os.Environ(), "NIX_REMOTE=local", "NIX_DAEMON_SOCKET_PATH="+d.NixSocket, "NIX_CONF_DIR="+d.NixConfDir)
+	cmd, err := start(d.NixLog, daemonEnv, "nix-daemon")
+	if err != nil {
+		return nil, err
+	}
+	d.cmd = cmd
+	if err := waitSocket(d.NixSocket, 20*time.Second); err != nil {
+		d.Stop()
+		return nil, err
+	}
+	if name == "nix" {
+		e.procs = append(e.procs, cmd)
+	}
+	return d, nil
+}
+
+// Stop ends the daemon. The first daemon is stopped with the environment.
+func (d *Daemon) Stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd != nil && d != d.parts.Daemon {
+		stop(d.cmd)
+		d.cmd = nil
+	}
+}
+
+// QueueDir is where the daemon's post-build-hook queues built paths.
+func (d *Daemon) QueueDir() string { return filepath.Join(d.dir, "queue") }
+
+// NixEnv is the environment that points Nix commands at the daemon and its config.
+func (d *Daemon) NixEnv() []string {
+	return append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+d.NixSocket, "NIX_CONF_DIR="+d.NixConfDir)
+}
+
+// Nix runs a Nix command against the daemon and returns its stdout.
+func (d *Daemon) Nix(args ...string) (string, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = d.NixEnv()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
