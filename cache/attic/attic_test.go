@@ -2,6 +2,7 @@ package attic_test
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -70,6 +71,10 @@ func TestConformance(t *testing.T) {
 					}
 				}
 			},
+			Stored: func(t *testing.T) []string {
+				srv.WaitIdle()
+				return cachetest.FilesUnder(t, srv.Dir())
+			},
 		}
 	})
 }
@@ -132,19 +137,28 @@ func TestRefusalsAreSentences(t *testing.T) {
 	}
 }
 
-// Metadata of 4 KiB or more travels in a preamble of the body, and missing paths are asked for in
-// batches; the references are sent sorted, so the server's signatures verify in Nix.
-func TestPreambleAndBatches(t *testing.T) {
+// A path whose metadata is larger than the header a proxy in front of atticd accepts is still
+// pushed (the metadata goes in a preamble of the body), and a closure larger than one SQL query
+// of the server may bind is still asked about; the references are sent sorted, so the server's
+// signatures verify in Nix. The stand-in keeps both limits, so a client that ignored them fails.
+func TestLimitsOfTheServer(t *testing.T) {
 	ctx := context.Background()
 	srv, pub, token := server(t)
 	b, err := attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: token})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A path with 120 references: its metadata is over 4 KiB.
+	// A path with 120 references: its metadata is over the 8 KiB a header line may have.
 	root, err := manyRefs(120)
 	if err != nil {
 		t.Fatal(err)
+	}
+	infos, err := nixstore.Daemon(parts.NixSocket).Info(ctx, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta, _ := json.Marshal(infos[0].NarInfo().References); len(meta) <= 8<<10 {
+		t.Fatalf("the references alone are %d bytes: too few to exceed a header line", len(meta))
 	}
 	p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(parts.NixSocket), Uploads: 4}
 	sum, err := p.Push(ctx, []string{root}, cache.Closures)
@@ -161,19 +175,54 @@ func TestPreambleAndBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var infos []nixstore.PathInfo
-	for i := 0; i < 2500; i++ {
+	// More hashes than SQLite binds in one query.
+	const many = 40000
+	infos = nil
+	for i := 0; i < many; i++ {
 		h := fmt.Sprintf("%032d", i)
 		h = strings.NewReplacer("0", "a", "1", "b", "2", "c", "3", "d", "4", "f", "5", "g", "6", "h", "7", "i", "8", "j", "9", "k").Replace(h)
 		infos = append(infos, nixstore.PathInfo{Path: "/nix/store/" + h + "-x"})
 	}
-	_, _, before := srv.Counts()
 	missing, err := b.Missing(ctx, infos)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, after := srv.Counts(); len(missing) != 2500 || after-before != 3 {
-		t.Fatalf("%d missing in %d calls, want 2500 in 3", len(missing), after-before)
+	if len(missing) != many {
+		t.Fatalf("%d of %d hashes missing", len(missing), many)
+	}
+}
+
+// An upload the server (or the proxy in front of it) answers with 503 is sent again, NAR and
+// all, and lands; with no attempts left the error says what the server answered.
+func TestRetriesUnavailable(t *testing.T) {
+	ctx := context.Background()
+	srv, pub, token := server(t)
+	path, err := parts.AddRandom(fmt.Sprint("attic-retry-", time.Now().UnixNano()), 100<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := nixstore.Daemon(parts.NixSocket).Info(ctx, []string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := attic.New(ctx, attic.Config{Endpoint: srv.URL, Cache: "ci", TokenFile: token, MaxAttempts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.FailUploads(1)
+	if _, err := b.Put(ctx, infos[0], cache.NarOf(infos[0])); err != nil {
+		t.Fatalf("an upload that met one 503: %v", err)
+	}
+	if uploads, _, _ := srv.Counts(); uploads != 1 {
+		t.Fatalf("%d uploads stored, want 1", uploads)
+	}
+	if _, err := parts.Substitute(srv.URL+"ci", pub, path); err != nil {
+		t.Fatal(err)
+	}
+	srv.FailUploads(2)
+	_, err = b.Put(ctx, infos[0], cache.NarOf(infos[0]))
+	if err == nil || !strings.Contains(err.Error(), "(503)") {
+		t.Fatalf("an upload that met a 503 on each of its 2 attempts: %v", err)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,9 @@ type Instance struct {
 	Substituter, PublicKey string
 	// Tamper changes the stored NAR of a store path (one byte of it), as corruption would.
 	Tamper func(t *testing.T, storePath string)
+	// Stored lists what the cache keeps apart from nix-cache-info — objects, files, parts of
+	// unfinished uploads — so that the suite can see what a refused upload left behind.
+	Stored func(t *testing.T) []string
 }
 
 // Run runs the suite. fresh returns a new empty cache each time it is called.
@@ -112,11 +117,12 @@ func Run(t *testing.T, parts *testenv.Parts, fresh func(t *testing.T) Instance) 
 
 	t.Run("a NAR that differs from the store's record is never uploaded", func(t *testing.T) {
 		in := fresh(t)
-		chain, err := parts.BuildChain(fmt.Sprint("mismatch-", time.Now().UnixNano()), 1)
+		// Large enough for S3's multipart upload, whose abort must then leave no parts behind.
+		big, err := parts.AddRandom(fmt.Sprint("mismatch-", time.Now().UnixNano()), 21<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
-		infos, err := store.Info(ctx, chain)
+		infos, err := store.Info(ctx, []string{big})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,6 +134,17 @@ func Run(t *testing.T, parts *testenv.Parts, fresh func(t *testing.T) Instance) 
 		}
 		if missing, err := in.Backend.Missing(ctx, infos); err != nil || len(missing) != 1 {
 			t.Fatalf("after a refused upload the cache holds the path (missing %v, %v)", missing, err)
+		}
+		if left := in.Stored(t); len(left) > 0 {
+			t.Fatalf("a refused upload left %v in the cache", left)
+		}
+		// Control: the same path with the store's true record is stored, and Stored sees it, so
+		// the check above can fail.
+		if _, err := in.Backend.Put(ctx, infos[0], cache.NarOf(infos[0])); err != nil {
+			t.Fatal(err)
+		}
+		if left := in.Stored(t); len(left) == 0 {
+			t.Fatal("control: Stored sees nothing after an upload that succeeded")
 		}
 	})
 
@@ -152,6 +169,27 @@ func Run(t *testing.T, parts *testenv.Parts, fresh func(t *testing.T) Instance) 
 			t.Fatal(err)
 		}
 	})
+}
+
+// FilesUnder lists the regular files below dir, relative to it, but nix-cache-info: what a cache
+// kept as files holds.
+func FilesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && d.Name() != "nix-cache-info" {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }
 
 // sameTree compares two store paths file by file.

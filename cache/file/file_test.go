@@ -51,6 +51,7 @@ func TestConformance(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
+			Stored: func(t *testing.T) []string { return cachetest.FilesUnder(t, dir) },
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,6 +97,9 @@ func TestConformance(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
+			// The server keeps objects, and the parts of unfinished multipart uploads, as files
+			// under the bucket's directory.
+			Stored: func(t *testing.T) []string { return cachetest.FilesUnder(t, dir) },
 		}
 	})
 	// Every request of the suite went through the recording proxy: none may carry the checksum
@@ -202,5 +206,74 @@ func TestOpenErrorsAreSentences(t *testing.T) {
 	unreadable.AccessKeyIDFile = "/nonexistent/key-id"
 	if _, err := s3.Open(ctx, unreadable); err == nil || !strings.Contains(err.Error(), "read the S3 access key id") || !strings.Contains(err.Error(), "/nonexistent/key-id") {
 		t.Fatalf("unreadable key file: %v", err)
+	}
+}
+
+// B2 answers 500 and 503 when it is busy: a push rides them out with retries, on small uploads
+// and on the parts of a multipart one, and ends with every path in the cache.
+func TestRetriesServerErrors(t *testing.T) {
+	ctx := context.Background()
+	small, err := parts.AddRandom(fmt.Sprint("retry-small-", time.Now().UnixNano()), 4<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := parts.AddRandom(fmt.Sprint("retry-big-", time.Now().UnixNano()), 20<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		path   string
+		status int
+		match  func(*http.Request) bool
+	}{
+		{"503 on a NAR upload", small, http.StatusServiceUnavailable, func(r *http.Request) bool {
+			return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/nar/")
+		}},
+		{"500 on a part of a multipart upload", big, http.StatusInternalServerError, func(r *http.Request) bool {
+			return r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "2"
+		}},
+		{"503 on the narinfo", small, http.StatusServiceUnavailable, func(r *http.Request) bool {
+			return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, ".narinfo")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := newBucket(t)
+			key, err := signing.Generate("hearth-s3-retry-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := s3.New(ctx, cfg, &key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server.FailNext(2, tc.status, tc.match)
+			defer server.FailNext(0, 0, nil)
+			p := &cache.Pusher{Backend: b, Store: nixstore.Daemon(parts.NixSocket)}
+			sum, err := p.Push(ctx, []string{tc.path}, cache.PathsOnly)
+			if err != nil || sum.Pushed != 1 {
+				t.Fatalf("push through two %d answers: %+v, %v", tc.status, sum, err)
+			}
+			if n := server.Failed(); n != 2 {
+				t.Fatalf("the proxy failed %d requests, want 2: the retries were not exercised", n)
+			}
+			pub := key.Public()
+			if v, err := b.Verify(ctx, &pub, []string{tc.path}); err != nil || len(v.Problems) != 0 {
+				t.Fatalf("after the retries: %+v, %v", v, err)
+			}
+		})
+	}
+	// Control: with retries off, the same answers fail the push, and say what the server said.
+	cfg, _ := newBucket(t)
+	cfg.MaxAttempts = 1
+	b, err := s3.New(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.FailNext(1, http.StatusServiceUnavailable, func(r *http.Request) bool { return r.Method == http.MethodPut })
+	defer server.FailNext(0, 0, nil)
+	_, err = (&cache.Pusher{Backend: b, Store: nixstore.Daemon(parts.NixSocket)}).Push(ctx, []string{small}, cache.PathsOnly)
+	if err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("control without retries: %v", err)
 	}
 }

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -190,8 +192,9 @@ func runHearth(cfg string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// A job cannot read the cache's token, signing key or S3 credentials: they stay on the host, even
-// while the driver uses them to push.
+// A job cannot read the cache's token, signing key or S3 credentials: they stay on the host, and
+// out of the job's reach while the driver holds them to push. A probe the job leaves running looks
+// for them, in files and in every process it can see, while the S3 server holds the push open.
 func TestJobCannotReadCacheSecrets(t *testing.T) {
 	keyFile, _ := keyPair(t, "hearth-e2e-secret-1")
 	key, _ := os.ReadFile(keyFile)
@@ -207,22 +210,100 @@ func TestJobCannotReadCacheSecrets(t *testing.T) {
 		secrets[c[2]] = strings.TrimSpace(string(b))
 	}
 	tables := s3Table + fmt.Sprintf("\n[cache.attic]\nendpoint = \"http://127.0.0.1:1/\"\ncache = \"x\"\ntoken_file = %q\n", token)
+	// The control's environment leaks a readable copy of the signing key into the job, so the
+	// probe can be seen to find a secret where it can reach one.
+	leaked := filepath.Join(t.TempDir(), "leaked")
+	if err := os.WriteFile(leaked, key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tables += fmt.Sprintf("\n[environments.leaky]\nstore_path = %q\nmounts = [\"%s:/etc/leaked\"]\n", parts.Environment, leaked)
 	cfg := writeCacheConfig(t, "", `backend = "s3"`, tables)
-	var probe strings.Builder
-	for file, marker := range secrets {
-		fmt.Fprintf(&probe, "    - if cat %q 2>/dev/null; then echo SECRET-FILE-READABLE; exit 1; fi\n", file)
-		fmt.Fprintf(&probe, "    - if grep -rqsF %q /builds /cache /tmp /root /etc /.hearth /nix/var /run; then echo SECRET-FOUND; exit 1; fi\n", marker)
-		fmt.Fprintf(&probe, "    - if cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -qF %q; then echo SECRET-IN-PROCESS; exit 1; fi\n", marker)
-	}
-	nonce := fmt.Sprint("secrets-", time.Now().UnixNano())
-	src := buildJob(nonce, 1, "") + "  after_script:\n" + probe.String() + "    - echo probe-done\n"
-	res, log := runJob(t, cfg, src, "build")
-	if res.State != "success" || !strings.Contains(log, "Pushing what the job built to s3://") {
-		t.Fatalf("%s\n%s", res, log)
-	}
-	if regexp.MustCompile(`\nSECRET-[A-Z-]+\n`).MatchString(log) || !strings.Contains(log, "\nprobe-done") {
+	log := probeSecrets(t, cfg, secrets, "")
+	if regexp.MustCompile(`SECRET-[A-Z-]+`).MatchString(log) || !strings.Contains(log, "\nprobe-done") {
 		t.Fatalf("the job could read a cache secret, or the probe did not run:\n%s", log)
 	}
+	log = probeSecrets(t, cfg, secrets, "leaky")
+	if !strings.Contains(log, "SECRET-FOUND") {
+		t.Fatalf("control: the probe did not find the key mounted into the job:\n%s", log)
+	}
+}
+
+// probeSecrets runs a job in environment image (the default when empty) that builds a path and
+// leaves a probe running, which looks for the secrets (file → content) while the S3 server holds
+// the driver's push open. It returns the job log, in which the probe's findings appear.
+func probeSecrets(t *testing.T, cfg string, secrets map[string]string, image string) string {
+	t.Helper()
+	// The probe carries the secrets only base64-encoded, and keeps their decoded form under
+	// /dev/shm, where it does not search: it finds them only where hearth would have let them be.
+	var patterns strings.Builder
+	var files []string
+	for file, marker := range secrets {
+		patterns.WriteString(marker + "\n")
+		files = append(files, file)
+	}
+	nonce := fmt.Sprint("secrets-", time.Now().UnixNano())
+	loop := fmt.Sprintf(`mkdir -p /dev/shm/probe
+echo %s | base64 -d > /dev/shm/probe/patterns
+n=0
+while :; do
+  n=$((n+1))
+  for f in %s; do if cat "$f" >/dev/null 2>&1; then echo "SECRET-FILE-READABLE $f"; fi; done
+  if grep -rqsF -f /dev/shm/probe/patterns /builds /cache /tmp /root /etc /.hearth /nix/var /run; then echo SECRET-FOUND; fi
+  for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done | grep -qaF -f /dev/shm/probe/patterns && echo SECRET-IN-PROCESS
+  echo "iteration $n"
+  sleep 0.05
+done
+`, base64.StdEncoding.EncodeToString([]byte(patterns.String())), strings.Join(files, " "))
+	probeLog := "probe-" + nonce + ".log"
+	src := buildJob(nonce, 1, "") + fmt.Sprintf(`    - echo %s | base64 -d > /dev/shm/loop.sh
+    - setsid bash /dev/shm/loop.sh > %s 2>&1 < /dev/null &
+  after_script:
+    - pkill -f /dev/shm/loop.sh || true
+    - if grep SECRET- %s; then exit 1; fi
+    - echo probe-done
+`, base64.StdEncoding.EncodeToString([]byte(loop)), probeLog, probeLog)
+	if image != "" {
+		src += "  image: " + image + "\n"
+	}
+
+	// The narinfo is the last thing a push sends: hold it until the probe has looked around a few
+	// times while the driver is in the middle of the push.
+	arrived, release := s3server.Hold(func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, ".narinfo")
+	})
+	defer release()
+	type result struct {
+		res runner.Result
+		log string
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, log := runJob(t, cfg, src, "build")
+		done <- result{res, log}
+	}()
+	iterations := func() int {
+		logs, _ := filepath.Glob(filepath.Join(parts.BuildsRoot(), "*", "7", "*", "group", "project", probeLog))
+		if len(logs) != 1 {
+			return 0
+		}
+		b, _ := os.ReadFile(logs[0])
+		return strings.Count(string(b), "iteration ")
+	}
+	select {
+	case <-arrived:
+	case r := <-done:
+		t.Fatalf("the job ended before its push reached the narinfo: %s\n%s", r.res, r.log)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the push never reached the narinfo")
+	}
+	during := iterations()
+	waitFor(t, "the probe to look three times during the push", 30*time.Second, func() bool { return iterations() >= during+3 })
+	release()
+	r := <-done
+	if !strings.Contains(r.log, "Pushing what the job built to s3://") {
+		t.Fatalf("no push: %s\n%s", r.res, r.log)
+	}
+	return r.log
 }
 
 // queueEntries lists the entries of the queue of t's daemon.

@@ -101,3 +101,35 @@ func TestJobCannotRedirectStagesToAnotherJob(t *testing.T) {
 		t.Fatalf("the victim's job was disturbed: exit %d\n%s", code, out)
 	}
 }
+
+// Cleanup succeeds when prepare never ran (gitlab-runner calls it after a failed config or
+// prepare), and again after it has already removed everything: it can run any number of times.
+func TestCleanupIsIdempotent(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	never := newDriverJob(t, cfg, "")
+	for i := 0; i < 2; i++ {
+		if code, out := never.call("cleanup"); code != 0 {
+			t.Fatalf("cleanup %d of a job that was never prepared exited %d:\n%s", i+1, code, out)
+		}
+	}
+	assertNothingLeft(t, never.containerID())
+
+	j := newDriverJob(t, cfg, "")
+	if code, out := j.call("prepare"); code != 0 {
+		t.Fatalf("prepare exited %d:\n%s", code, out)
+	}
+	if !strings.Contains(ctrList(t, "containers"), j.containerID()) {
+		t.Fatal("prepare made no container")
+	}
+	for i := 0; i < 2; i++ {
+		if code, out := j.call("cleanup"); code != 0 {
+			t.Fatalf("cleanup %d exited %d:\n%s", i+1, code, out)
+		}
+		assertNothingLeft(t, j.containerID())
+	}
+	// A stage after cleanup is refused, as the runner's fault, not run somewhere else.
+	code, out := j.runScript("build_script", "echo RAN\n")
+	if code != 2 || strings.Contains(out, "RAN") || !strings.Contains(out, "is not running") {
+		t.Fatalf("a stage after cleanup: exit %d\n%s", code, out)
+	}
+}

@@ -67,10 +67,11 @@ func (j *driverJob) runScript(stage, body string) (int, string) {
 	return j.call("run", j.scriptFile(stage, body), stage)
 }
 
+// exitCodeFile is what BUILD_EXIT_CODE_FILE holds, or "missing".
 func (j *driverJob) exitCodeFile() string {
 	b, err := os.ReadFile(filepath.Join(j.dir, "build_exit_code"))
 	if err != nil {
-		return ""
+		return "missing"
 	}
 	return strings.TrimSpace(string(b))
 }

@@ -91,8 +91,8 @@ func TestBuildExitCodeFile(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("run exited %d:\n%s", code, out)
 	}
-	if got := j.exitCodeFile(); got == "42" {
-		t.Fatal("a successful stage left the earlier stage's 42 in BUILD_EXIT_CODE_FILE")
+	if got := j.exitCodeFile(); got != "0" {
+		t.Fatalf("after a successful stage BUILD_EXIT_CODE_FILE holds %q, want 0 (the earlier stage's 42 must not survive)", got)
 	}
 	// A stage name the driver has never heard of runs like any other.
 	code, out = j.runScript("step_release", "echo released")

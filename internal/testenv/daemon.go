@@ -73,10 +73,29 @@ func (e *Parts) newDaemon(name string) (*Daemon, error) {
 		d.Stop()
 		return nil, err
 	}
+	// The daemon logs waitSocket's probe from a child process, a moment later: wait for the line,
+	// so that a test reading the log from here on sees its own clients only.
+	if err := waitLogged(d.NixLog, "accepted connection from pid", 10*time.Second); err != nil {
+		d.Stop()
+		return nil, err
+	}
 	if name == "nix" {
 		e.procs = append(e.procs, cmd)
 	}
 	return d, nil
+}
+
+func waitLogged(log, line string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if b, _ := os.ReadFile(log); strings.Contains(string(b), line) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not log %q within %s", log, line, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Stop ends the daemon. The first daemon is stopped with the environment.

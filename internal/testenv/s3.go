@@ -3,6 +3,7 @@ package testenv
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -32,6 +33,72 @@ type S3 struct {
 	mu    sync.Mutex
 	// headers holds the header names of every request the proxy passed on.
 	headers []http.Header
+	// failing is how many more requests that match failMatch the proxy answers itself with
+	// failStatus, as a busy B2 does; failed counts those it answered.
+	failing, failed int
+	failStatus      int
+	failMatch       func(*http.Request) bool
+	// hold keeps requests that match waiting until holdRelease is closed.
+	hold        func(*http.Request) bool
+	holdArrived chan struct{}
+	holdOnce    *sync.Once
+	holdRelease chan struct{}
+}
+
+// Hold makes the proxy keep the requests that match waiting, as a slow server would, until
+// release is called. arrived is closed when the first of them arrives.
+func (s *S3) Hold(match func(*http.Request) bool) (arrived <-chan struct{}, release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold, s.holdArrived, s.holdOnce, s.holdRelease = match, make(chan struct{}), &sync.Once{}, make(chan struct{})
+	var once sync.Once
+	rel := s.holdRelease
+	return s.holdArrived, func() { once.Do(func() { close(rel) }) }
+}
+
+// wait holds r while a Hold that matches it is in force.
+func (s *S3) wait(r *http.Request) {
+	s.mu.Lock()
+	match, arrived, once, release := s.hold, s.holdArrived, s.holdOnce, s.holdRelease
+	s.mu.Unlock()
+	if match == nil || !match(r) {
+		return
+	}
+	once.Do(func() { close(arrived) })
+	<-release
+}
+
+// FailNext makes the proxy answer the next n requests that match with status and an S3 error
+// body, without passing them on: B2 answers 500 and 503 by design when it is busy.
+func (s *S3) FailNext(n, status int, match func(*http.Request) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failing, s.failed, s.failStatus, s.failMatch = n, 0, status, match
+}
+
+// Failed is how many requests the proxy has failed since FailNext.
+func (s *S3) Failed() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
+}
+
+// fail reports whether the proxy answers r itself with an error.
+func (s *S3) fail(w http.ResponseWriter, r *http.Request) bool {
+	s.mu.Lock()
+	if s.failing == 0 || !s.failMatch(r) {
+		s.mu.Unlock()
+		return false
+	}
+	s.failing--
+	s.failed++
+	status := s.failStatus
+	s.mu.Unlock()
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "<Error><Code>ServiceUnavailable</Code><Message>%s</Message></Error>", http.StatusText(status))
+	return true
 }
 
 // VersityGW finds the versitygw binary: on PATH, or where `go install` puts it.
@@ -77,6 +144,10 @@ func StartS3(dir string) (*S3, error) {
 		s.mu.Lock()
 		s.headers = append(s.headers, r.Header.Clone())
 		s.mu.Unlock()
+		if s.fail(w, r) {
+			return
+		}
+		s.wait(r)
 		rp.ServeHTTP(w, r)
 	})}
 	go func() { _ = s.proxy.Serve(pln) }()

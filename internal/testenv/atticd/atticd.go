@@ -7,6 +7,11 @@
 // over the references in the order they were uploaded. It stores NARs uncompressed and serves them
 // with "Compression: none", where atticd compresses them; nothing a client sends depends on that.
 // MaxBody emulates a proxy in front of the server that answers 413.
+//
+// It keeps the limits a real deployment has, so that a client that ignores them fails here as it
+// would there: get-missing-paths binds every hash as a variable of one SQL query, which SQLite
+// (atticd's default database) refuses beyond 32766 variables, and the proxy atticd runs behind
+// refuses a header line longer than nginx's default 8 KiB (large_client_header_buffers 4 8k).
 package atticd
 
 import (
@@ -44,9 +49,13 @@ type Server struct {
 	// MaxBody, when positive, makes upload-path answer 413 for bodies larger than this, as a proxy
 	// with a body-size limit would.
 	MaxBody int64
+	// failUploads is how many more upload-path requests are answered 503, as a proxy does while
+	// the server restarts.
+	failUploads int
 
 	dir    string
 	srv    *http.Server
+	busy   sync.WaitGroup // uploads in progress
 	mu     sync.Mutex
 	caches map[string]*cacheState
 	tokens map[string][]Permissions
@@ -82,6 +91,13 @@ type narInfo struct {
 
 // maxNarInfoSize is atticd's default max-nar-info-size.
 const maxNarInfoSize = 1 << 20
+
+// maxSQLVariables is SQLite's SQLITE_MAX_VARIABLE_NUMBER since 3.32; the query of
+// get-missing-paths binds the cache's name besides the hashes.
+const maxSQLVariables = 32766
+
+// maxHeaderLine is nginx's default limit on one request header line.
+const maxHeaderLine = 8 << 10
 
 var hashRE = regexp.MustCompile(`^[0123456789abcdfghijklmnpqrsvwxyz]{32}$`)
 
@@ -125,6 +141,13 @@ func (s *Server) Token(perms ...Permissions) string {
 	s.tokens[t] = perms
 	s.mu.Unlock()
 	return t
+}
+
+// FailUploads makes the next n upload-path requests fail with 503 before the server sees them.
+func (s *Server) FailUploads(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failUploads = n
 }
 
 // Counts returns Uploads, Preambles and MissingCalls.
@@ -192,6 +215,15 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, cache string,
 }
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	for name, values := range r.Header {
+		for _, v := range values {
+			if len(name)+2+len(v) > maxHeaderLine {
+				// nginx's answer, in its words.
+				http.Error(w, "<html><body><h1>400 Bad Request</h1>Request Header Or Cookie Too Large</body></html>", http.StatusBadRequest)
+				return
+			}
+		}
+	}
 	p := strings.TrimPrefix(r.URL.Path, "/")
 	switch {
 	case strings.HasPrefix(p, "_api/v1/cache-config/") && r.Method == http.MethodGet:
@@ -239,6 +271,11 @@ func (s *Server) missing(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
+	if len(req.Hashes)+1 > maxSQLVariables {
+		// SQLite's "too many SQL variables", sanitized as atticd does database errors.
+		apiError(w, http.StatusInternalServerError, "InternalServerError", "The server encountered an internal error or misconfiguration.")
+		return
+	}
 	missing := []string{}
 	s.mu.Lock()
 	s.MissingCalls++
@@ -258,6 +295,19 @@ func (s *Server) missing(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	s.busy.Add(1)
+	defer s.busy.Done()
+	s.mu.Lock()
+	unavailable := s.failUploads > 0
+	if unavailable {
+		s.failUploads--
+	}
+	s.mu.Unlock()
+	if unavailable {
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Error(w, "<html><body><h1>503 Service Unavailable</h1></body></html>", http.StatusServiceUnavailable)
+		return
+	}
 	body := io.Reader(r.Body)
 	if s.MaxBody > 0 {
 		// A proxy with a body limit answers before the server sees the request.
@@ -429,3 +479,7 @@ func (s *Server) narinfo(c *cacheState, o *object) (string, error) {
 
 // Dir is where the server keeps its NARs (under nars/, named by the hex NAR hash).
 func (s *Server) Dir() string { return s.dir }
+
+// WaitIdle returns once no upload is in progress: a client whose upload failed may return before
+// the server has finished with the request.
+func (s *Server) WaitIdle() { s.busy.Wait() }
