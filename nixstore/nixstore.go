@@ -251,7 +251,10 @@ func (e jsonInfo) info() (PathInfo, error) {
 	if e.NarSize == 0 {
 		return PathInfo{}, fmt.Errorf("no narSize")
 	}
-	pi := PathInfo{Path: e.Path, NarHash: hash, NarSize: e.NarSize, Sigs: e.Signatures}
+	pi := PathInfo{Path: e.Path, NarHash: hash, NarSize: e.NarSize}
+	if len(e.Signatures) > 0 { // newer Nix prints [] where older left the field out
+		pi.Sigs = e.Signatures
+	}
 	for _, r := range e.References {
 		pi.References = append(pi.References, nix.StorePath(r))
 	}

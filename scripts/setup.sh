@@ -46,3 +46,9 @@ if [ "${HEARTH_NEED_S3:-}" = 1 ] && ! command -v versitygw >/dev/null; then
 	echo "building versitygw (the test S3 server); this takes a few minutes once"
 	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
+# The container registry the image tests pull from, with token authentication as GitLab's is set
+# up (the token issuer is the tests' own, in internal/testenv/gitlab), built once like versitygw.
+if [ "${HEARTH_NEED_REGISTRY:-}" = 1 ] && [ ! -x "$(go env GOPATH)/hearth/registry-3.1.2/registry" ]; then
+	echo "building the distribution registry (the test container registry); this takes a minute once"
+	GOBIN="$(go env GOPATH)/hearth/registry-3.1.2" go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
+fi

@@ -12,7 +12,7 @@ import (
 // need root; `go test -short` skips them.
 func Main(m interface{ Run() int }, parts **testenv.Parts) {
 	if testing.Short() {
-		fmt.Println("skipped by -short: the cache tests need a nix-daemon")
+		fmt.Println("SKIPPED (-short): the cache backends' tests on a real nix-daemon did not run")
 		os.Exit(0)
 	}
 	e, err := testenv.Start(testenv.Options{NoContainerd: true})

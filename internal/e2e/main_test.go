@@ -26,7 +26,7 @@ var parts *testenv.Parts
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
-		fmt.Println("e2e: skipped by -short")
+		fmt.Println("SKIPPED (-short): the end-to-end tests on containerd and nix-daemon did not run")
 		os.Exit(0)
 	}
 	var err error

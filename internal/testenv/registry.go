@@ -4,121 +4,233 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync"
+	"time"
+
+	"github.com/hearth-ci/hearth/internal/testenv/gitlab"
 )
 
-// Registry is a minimal OCI distribution registry on 127.0.0.1 that serves one image and demands
-// HTTP basic auth, enough for containerd to pull it the way it pulls from a real registry.
+// Registry is the distribution registry — the one GitLab's container registry is built on — on
+// 127.0.0.1, with token authentication against the GitLab token issuer stand-in, as a GitLab
+// registry is set up. It holds one image, pushed when it starts.
 type Registry struct {
 	// Host is "127.0.0.1:PORT".
-	Host               string
-	Username, Password string
+	Host string
 	// Image is the full reference of the one image, Repository/Tag its parts.
 	Image, Repository, Tag string
+	Issuer                 *gitlab.Issuer
 
-	srv   *http.Server
-	blobs map[string][]byte // digest → content
-	mu    sync.Mutex
-	// Authorized counts requests that carried the right credentials; Refused those that did not.
-	Authorized, Refused int
+	cmd *exec.Cmd
 }
 
-// StartRegistry serves an image holding busybox (PATH=/bin) and bash, plus /etc/hearth-image with
-// marker as its content.
-func StartRegistry(username, password, marker string) (*Registry, error) {
-	layer, diffID, err := imageLayer(marker)
+// RegistryBinary finds the registry that scripts/setup.sh builds.
+func RegistryBinary() (string, error) {
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(strings.TrimSpace(string(gopath)), "hearth", "registry-3.1.2", "registry")
+	if _, err := os.Stat(p); err != nil {
+		return "", errors.New("the distribution registry is not built: run ./scripts/test.sh, or HEARTH_NEED_REGISTRY=1 source scripts/setup.sh")
+	}
+	return p, nil
+}
+
+// StartRegistry starts the issuer with logins, and the registry trusting it, under dir; then it
+// pushes an image holding busybox (PATH=/bin) and bash, plus /etc/hearth-image with marker as its
+// content, to ci/tools:1.
+func StartRegistry(dir, marker string, logins ...gitlab.Login) (*Registry, error) {
+	bin, err := RegistryBinary()
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{Username: username, Password: password, Repository: "ci/tools", Tag: "1", blobs: map[string][]byte{}}
-	layerDigest := r.add(layer)
-	cfg, _ := json.Marshal(map[string]any{
+	var pw [12]byte
+	_, _ = rand.Read(pw[:])
+	pusher := gitlab.Login{Username: "registry-pusher", Password: hex.EncodeToString(pw[:]), Repos: map[string][]string{"ci/tools": {"pull", "push"}}}
+	issuer, err := gitlab.Start(filepath.Join(dir, "issuer"), append(logins, pusher)...)
+	if err != nil {
+		return nil, err
+	}
+	r := &Registry{Repository: "ci/tools", Tag: "1", Issuer: issuer}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		issuer.Close()
+		return nil, err
+	}
+	r.Host = ln.Addr().String()
+	ln.Close()
+	r.Image = r.Host + "/" + r.Repository + ":" + r.Tag
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+  secret: %s
+auth:
+  token:
+    realm: %s
+    service: %s
+    issuer: %s
+    rootcertbundle: %s
+    jwks: %s
+    signingalgorithms: [RS256]
+`, filepath.Join(dir, "data"), r.Host, hex.EncodeToString(pw[:]), issuer.Realm, gitlab.Service, gitlab.IssuerName, issuer.CertBundle, issuer.JWKS)
+	cfgFile := filepath.Join(dir, "registry.yml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		issuer.Close()
+		return nil, err
+	}
+	// Its tracing would try to reach a collector on localhost:4318 and log every failure.
+	environ := append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+	if r.cmd, err = start(filepath.Join(dir, "registry.log"), environ, bin, "serve", cfgFile); err != nil {
+		issuer.Close()
+		return nil, err
+	}
+	if err := waitTCP(r.Host, 20*time.Second); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if err := r.push(pusher, marker); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("push the test image: %w", err)
+	}
+	return r, nil
+}
+
+// Close stops the registry and the issuer.
+func (r *Registry) Close() {
+	if r.cmd != nil {
+		stop(r.cmd)
+	}
+	r.Issuer.Close()
+}
+
+func waitTCP(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not accept connections within %s: %w", addr, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// push uploads the image with the registry's HTTP API, with a token for login.
+func (r *Registry) push(login gitlab.Login, marker string) error {
+	token, err := r.token(login, "repository:"+r.Repository+":pull,push")
+	if err != nil {
+		return err
+	}
+	layer, diffID, err := imageLayer(marker)
+	if err != nil {
+		return err
+	}
+	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
 		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"/bin/sh"}},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
 	})
-	cfgDigest := r.add(cfg)
+	var descs []map[string]any
+	for _, blob := range []struct {
+		data      []byte
+		mediaType string
+	}{{config, "application/vnd.oci.image.config.v1+json"}, {layer, "application/vnd.oci.image.layer.v1.tar+gzip"}} {
+		d, err := r.uploadBlob(token, blob.data)
+		if err != nil {
+			return err
+		}
+		descs = append(descs, map[string]any{"mediaType": blob.mediaType, "digest": d, "size": len(blob.data)})
+	}
 	manifest, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfgDigest, "size": len(cfg)},
-		"layers":        []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layerDigest, "size": len(layer)}},
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": descs[0], "layers": descs[1:],
 	})
-	manifestDigest := r.add(manifest)
+	_, err = r.do(token, http.MethodPut, "http://"+r.Host+"/v2/"+r.Repository+"/manifests/"+r.Tag, manifest,
+		"application/vnd.oci.image.manifest.v1+json", http.StatusCreated)
+	return err
+}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// token asks the issuer for a token for scope, as a client does after the registry's challenge.
+func (r *Registry) token(login gitlab.Login, scope string) (string, error) {
+	u := r.Issuer.Realm + "?" + url.Values{"service": {gitlab.Service}, "scope": {scope}}.Encode()
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(login.Username, login.Password)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Token string `json:"token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK || out.Token == "" {
+		return "", fmt.Errorf("token for %s: %s", scope, resp.Status)
+	}
+	return out.Token, nil
+}
+
+// uploadBlob uploads data in one piece (POST, then PUT with its digest) and returns its digest.
+func (r *Registry) uploadBlob(token string, data []byte) (string, error) {
+	sum := sha256.Sum256(data)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	resp, err := r.do(token, http.MethodPost, "http://"+r.Host+"/v2/"+r.Repository+"/blobs/uploads/", nil, "", http.StatusAccepted)
+	if err != nil {
+		return "", err
+	}
+	loc, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		return "", err
+	}
+	q := loc.Query()
+	q.Set("digest", digest)
+	loc.RawQuery = q.Encode()
+	_, err = r.do(token, http.MethodPut, loc.String(), data, "application/octet-stream", http.StatusCreated)
+	return digest, err
+}
+
+func (r *Registry) do(token, method, u string, body []byte, contentType string, want int) (*http.Response, error) {
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	r.Host = ln.Addr().String()
-	r.Image = r.Host + "/" + r.Repository + ":" + r.Tag
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v2/", func(w http.ResponseWriter, req *http.Request) {
-		u, p, ok := req.BasicAuth()
-		r.mu.Lock()
-		if !ok || u != r.Username || p != r.Password {
-			r.Refused++
-			r.mu.Unlock()
-			w.Header().Set("WWW-Authenticate", `Basic realm="hearth-test"`)
-			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
-			return
-		}
-		r.Authorized++
-		r.mu.Unlock()
-		path := strings.TrimPrefix(req.URL.Path, "/v2/")
-		var body []byte
-		var mediaType, digest string
-		switch {
-		case path == "":
-			w.WriteHeader(http.StatusOK)
-			return
-		case path == r.Repository+"/manifests/"+r.Tag || path == r.Repository+"/manifests/"+manifestDigest:
-			body, mediaType, digest = manifest, "application/vnd.oci.image.manifest.v1+json", manifestDigest
-		case strings.HasPrefix(path, r.Repository+"/blobs/"):
-			digest = strings.TrimPrefix(path, r.Repository+"/blobs/")
-			body = r.blobs[digest]
-			mediaType = "application/octet-stream"
-		}
-		if body == nil {
-			http.Error(w, `{"errors":[{"code":"NOT_FOUND"}]}`, http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", mediaType)
-		w.Header().Set("Docker-Content-Digest", digest)
-		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
-		if req.Method != http.MethodHead {
-			_, _ = w.Write(body)
-		}
-	})
-	r.srv = &http.Server{Handler: mux}
-	go func() { _ = r.srv.Serve(ln) }()
-	return r, nil
-}
-
-// Counts returns how many requests were authorized and refused so far.
-func (r *Registry) Counts() (authorized, refused int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.Authorized, r.Refused
-}
-
-// Close stops the registry.
-func (r *Registry) Close() { _ = r.srv.Close() }
-
-func (r *Registry) add(b []byte) string {
-	sum := sha256.Sum256(b)
-	d := "sha256:" + hex.EncodeToString(sum[:])
-	r.blobs[d] = b
-	return d
+	req.Header.Set("Authorization", "Bearer "+token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != want {
+		return nil, fmt.Errorf("%s %s: %s: %s", method, req.URL.Path, resp.Status, bytes.TrimSpace(msg))
+	}
+	return resp, nil
 }
 
 // imageLayer builds the gzipped layer and returns it with its diff id (the digest of the tar).

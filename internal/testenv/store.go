@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,12 +13,13 @@ import (
 // nixCommands are the names under which Nix's one binary behaves as each command.
 var nixCommands = []string{"nix", "nix-build", "nix-store", "nix-instantiate", "nix-env", "nix-hash", "nix-shell", "nix-copy-closure", "nix-collect-garbage"}
 
-// makeStorePaths adds the tools and the environment to the store. Nix from Debian is linked against
-// /usr/lib; the tools path carries those libraries and the dynamic loader, and the environment's
-// nix commands run the binary through that loader, so nothing outside /nix/store is needed.
+// makeStorePaths adds the tools and the environment to the store. Nix and git from Debian are
+// linked against /usr/lib; the tools path carries those libraries and the dynamic loader, and the
+// environment's nix and git commands run the binaries through that loader, so nothing outside
+// /nix/store is needed.
 func (e *Parts) makeStorePaths() error {
 	tools := filepath.Join(e.Dir, "build", "hearth-test-tools")
-	for _, d := range []string{"bin", "lib", "libexec"} {
+	for _, d := range []string{"bin", "lib", "libexec/git-core"} {
 		if err := os.MkdirAll(filepath.Join(tools, d), 0o755); err != nil {
 			return err
 		}
@@ -54,6 +57,11 @@ func (e *Parts) makeStorePaths() error {
 	if err != nil {
 		return err
 	}
+	gitLibs, err := addGit(tools)
+	if err != nil {
+		return err
+	}
+	libs = append(libs, gitLibs...)
 	// Nix loads the DNS resolver module itself, by name, and warns on every command without it.
 	for _, nss := range []string{"libnss_dns.so.2", "libnss_files.so.2"} {
 		if p, err := filepath.Glob("/lib/*-linux-gnu/" + nss); err == nil && len(p) > 0 {
@@ -61,7 +69,7 @@ func (e *Parts) makeStorePaths() error {
 		}
 	}
 	for _, l := range libs {
-		if err := copyFile(l, filepath.Join(tools, "lib", filepath.Base(l))); err != nil {
+		if err := copyFile(l, filepath.Join(tools, "lib", filepath.Base(l))); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 	}
@@ -88,8 +96,36 @@ func (e *Parts) makeStorePaths() error {
 			return err
 		}
 	}
+	git := fmt.Sprintf("#!%[1]s/bin/bash\nexport GIT_EXEC_PATH=%[1]s/libexec/git-core\nexec %[1]s/libexec/git-core/git \"$@\"\n", e.Tools)
+	if err := os.WriteFile(filepath.Join(envDir, "bin", "git"), []byte(git), 0o755); err != nil {
+		return err
+	}
 	e.Environment, err = e.Nix("nix-store", "--add", envDir)
 	return err
+}
+
+// gitCommands are the programs git runs from its exec path to fetch from a local repository.
+var gitCommands = []string{"git", "git-upload-pack", "git-receive-pack", "git-upload-archive"}
+
+// addGit puts Debian's git under tools/libexec and, in its exec path, a wrapper per command that
+// runs it through the dynamic loader tools/lib will hold; the wrappers find the tools path from
+// where they are, since a store path cannot name itself. It returns the libraries git needs.
+func addGit(tools string) ([]string, error) {
+	bin, err := exec.LookPath("git")
+	if err != nil {
+		return nil, err
+	}
+	bin, _ = filepath.EvalSymlinks(bin)
+	if err := copyFile(bin, filepath.Join(tools, "libexec", "git-bin")); err != nil {
+		return nil, err
+	}
+	for _, name := range gitCommands {
+		w := fmt.Sprintf("#!/bin/sh\nd=${0%%/*}/../..\nexec \"$d/lib/ld-linux-x86-64.so.2\" --library-path \"$d/lib\" --argv0 %s \"$d/libexec/git-bin\" \"$@\"\n", name)
+		if err := os.WriteFile(filepath.Join(tools, "libexec", "git-core", name), []byte(w), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return sharedLibraries(bin)
 }
 
 // sharedLibraries lists the files ldd resolves for bin, the dynamic loader included.
@@ -112,6 +148,7 @@ func sharedLibraries(bin string) ([]string, error) {
 	return libs, nil
 }
 
+// copyFile copies src to dst, which must not exist yet.
 func copyFile(src, dst string) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -121,5 +158,13 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(dst, b, fi.Mode().Perm()|0o200)
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fi.Mode().Perm()|0o200)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
