@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -11,25 +10,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hearth-ci/hearth/internal/testlog"
 )
 
-// syncBuffer is a log that can be read while the watcher writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is read while it is written.
+type syncBuffer = testlog.Buffer
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

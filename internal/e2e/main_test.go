@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hearth-ci/hearth/internal/testlog"
 
 	"github.com/hearth-ci/hearth/driver"
 	"github.com/hearth-ci/hearth/internal/testenv"
@@ -58,23 +59,8 @@ func serverVersion(ctrVersion string) string {
 	return "unknown"
 }
 
-// syncBuffer is a job log that can be read while the job writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is read while it is written.
+type syncBuffer = testlog.Buffer
 
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
