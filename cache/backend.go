@@ -1,6 +1,8 @@
 // Package cache pushes store paths to a binary cache: the Backend contract the file, s3 and attic
-// backends implement, the push of a closure with bounded parallelism, the queue the nix-daemon's
-// post-build-hook fills, and the report a job log shows.
+// backends implement (and Verifier, which those that can read themselves back do), the push of a
+// closure with bounded parallelism, the queue the nix-daemon's post-build-hook fills, its drain,
+// the flush at the end of a job and the watcher that drains continuously. It reports facts (what
+// was pushed, what is corrupt); how a job log shows them is the driver's business.
 package cache
 
 import (
@@ -36,8 +38,8 @@ type Backend interface {
 // Verifier is a Backend that can check what it holds (hearth cache verify). Callers find it by
 // type assertion; a backend that cannot read its own contents back does not implement it.
 type Verifier interface {
-	// Verify checks the narinfos of storePaths, or of every path the cache holds when storePaths
-	// is empty: each NAR exists, its sizes and hashes match, and a signature verifies with pub —
+	// Verify checks the narinfos of storePaths (store paths, their base names or their hashes),
+	// or of every path the cache holds when storePaths is empty: each NAR exists, its sizes and hashes match, and a signature verifies with pub —
 	// or, when pub is nil, with the cache's own key, when it has one. It reads the whole cache, so
 	// it is for people, not for every push. The error is for a cache that cannot be read at all or
 	// a request it cannot answer; what is wrong with single paths is in the Verification.

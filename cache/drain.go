@@ -28,12 +28,19 @@ func DrainWaiting(ctx context.Context, q Queue, p *Pusher) (DrainResult, error) 
 
 func drain(ctx context.Context, p *Pusher, take func(context.Context) (*Batch, error)) (DrainResult, error) {
 	var res DrainResult
+	seen := map[string]bool{}
 	for {
 		b, err := take(ctx)
 		if err != nil {
 			return res, err
 		}
-		res.Corrupt = append(res.Corrupt, b.Corrupt...)
+		// Corrupt entries stay in the queue, so every batch reads them again: report each once.
+		for _, c := range b.Corrupt {
+			if !seen[c.Error()] {
+				seen[c.Error()] = true
+				res.Corrupt = append(res.Corrupt, c)
+			}
+		}
 		if len(b.Entries) == 0 {
 			return res, nil
 		}

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -65,13 +66,19 @@ func TestDrainBatches(t *testing.T) {
 		names[i] = "p"
 	}
 	q, _ := queueWith(t, store, names...)
+	if err := os.WriteFile(filepath.Join(q.Dir, "0-corrupt"+entrySuffix), []byte("not an entry\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	backend := newFakeBackend()
 	res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store, Uploads: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Entries != len(names) || res.Pushed != len(names) || entries(t, q) != 0 {
-		t.Fatalf("result %+v, %d entries left", res, entries(t, q))
+	if res.Entries != len(names) || res.Pushed != len(names) || entries(t, q) != 1 {
+		t.Fatalf("result %+v, %d entries left, want only the corrupt one", res, entries(t, q))
+	}
+	if len(res.Corrupt) != 1 {
+		t.Fatalf("the corrupt entry was reported %d times over 3 batches, want once: %v", len(res.Corrupt), res.Corrupt)
 	}
 	if store.calls != 3 || store.maxPaths != maxBatch {
 		t.Fatalf("%d store queries, the largest of %d paths: want 3, at most %d", store.calls, store.maxPaths, maxBatch)
@@ -116,17 +123,18 @@ func TestDrainWaitingWaitsForOtherDrainers(t *testing.T) {
 		if res, err := Drain(context.Background(), q, p); err != nil || res.Entries != 0 {
 			t.Fatalf("Drain took a held entry: %+v, %v", res, err)
 		}
-		done := make(chan DrainResult, 1)
+		type result struct {
+			res DrainResult
+			err error
+		}
+		done := make(chan result, 1)
 		go func() {
 			res, err := DrainWaiting(context.Background(), q, p)
-			if err != nil {
-				t.Error(err)
-			}
-			done <- res
+			done <- result{res, err}
 		}()
 		select {
-		case res := <-done:
-			t.Fatalf("DrainWaiting returned %+v while another drainer held the entry", res)
+		case r := <-done:
+			t.Fatalf("DrainWaiting returned %+v, %v while another drainer held the entry", r.res, r.err)
 		case <-time.After(200 * time.Millisecond):
 		}
 		if finished {
@@ -138,7 +146,11 @@ func TestDrainWaitingWaitsForOtherDrainers(t *testing.T) {
 			other.Release() // the other's push failed
 		}
 		select {
-		case res := <-done:
+		case r := <-done:
+			res := r.res
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
 			if finished && (res.Entries != 0 || len(backend.uploads()) != 0) {
 				t.Fatalf("after the other finished: %+v, uploads %v", res, backend.uploads())
 			}

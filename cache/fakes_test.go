@@ -123,9 +123,10 @@ type fakeBackend struct {
 	fail     map[string]error
 	uploaded []string
 	// started is told of each Put as it starts, when set; release, when set, holds each Put until
-	// it is closed.
-	started chan string
-	release chan struct{}
+	// it is closed, or until its context ends unless stubborn is set.
+	started  chan string
+	release  chan struct{}
+	stubborn bool
 }
 
 func newFakeBackend() *fakeBackend {
@@ -150,7 +151,9 @@ func (b *fakeBackend) Put(ctx context.Context, info nixstore.PathInfo, _ NarSour
 	if b.started != nil {
 		b.started <- info.Path
 	}
-	if b.release != nil {
+	if b.release != nil && b.stubborn {
+		<-b.release
+	} else if b.release != nil {
 		select {
 		case <-b.release:
 		case <-ctx.Done():

@@ -31,6 +31,12 @@ const (
 	entryHeader = "hearth-queue 1"
 )
 
+// AddHookCall queues what the nix-daemon's post-build-hook was called for, reading the hook's
+// environment through getenv: OUT_PATHS, the built outputs separated by spaces, and DRV_PATH.
+func (q Queue) AddHookCall(getenv func(string) string) error {
+	return q.Add(strings.Fields(getenv("OUT_PATHS")), getenv("DRV_PATH"))
+}
+
 // Add queues built paths: outputs when Nix named them, else the derivation, whose outputs are
 // looked up when the entry is drained (Nix 2.8 runs the hook with OUT_PATHS empty).
 func (q Queue) Add(outputs []string, drv string) error {
@@ -83,15 +89,23 @@ type Batch struct {
 const maxBatch = 200
 
 // Take locks and reads the entries no other drainer holds, at most maxBatch.
-func (q Queue) Take(ctx context.Context) (*Batch, error) { return q.take(ctx, false) }
+func (q Queue) Take(ctx context.Context) (*Batch, error) { return q.take(ctx, skipHeld) }
 
 // TakeWaiting is Take that also waits for entries another drainer holds: when it lets them go
 // still queued (its push failed), they are taken here; when it has pushed them, they are gone. A
 // job's flush waits, so that what the job built is in the cache, or reported as not, when its
 // script ends.
-func (q Queue) TakeWaiting(ctx context.Context) (*Batch, error) { return q.take(ctx, true) }
+func (q Queue) TakeWaiting(ctx context.Context) (*Batch, error) { return q.take(ctx, waitForHeld) }
 
-func (q Queue) take(ctx context.Context, wait bool) (*Batch, error) {
+// held says what take does with an entry another drainer holds.
+type held int
+
+const (
+	skipHeld held = iota
+	waitForHeld
+)
+
+func (q Queue) take(ctx context.Context, ifHeld held) (*Batch, error) {
 	names, err := os.ReadDir(q.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Batch{}, nil
@@ -120,7 +134,7 @@ func (q Queue) take(ctx context.Context, wait bool) (*Batch, error) {
 			return nil, err
 		}
 		if !locked {
-			if !wait {
+			if ifHeld == skipHeld {
 				f.Close() // another drainer has it
 				continue
 			}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/bmatcuk/doublestar/v4"
 
-	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/nix"
 )
 
@@ -151,7 +151,7 @@ func (e Environment) ParsedMounts() ([]Mount, error) {
 			return nil, fmt.Errorf("mount %q: write it as \"/host/path:/container/path\", both absolute", m)
 		}
 		ctr = filepath.Clean(ctr)
-		for _, r := range layout.Reserved {
+		for _, r := range jobcontainer.Reserved {
 			if ctr == r || (r != "/" && strings.HasPrefix(ctr+"/", r+"/")) || strings.HasPrefix(r, ctr+"/") {
 				return nil, fmt.Errorf("mount %q: %s is managed by hearth; mount somewhere else", m, r)
 			}

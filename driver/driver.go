@@ -15,7 +15,7 @@ import (
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor"
-	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
@@ -64,8 +64,8 @@ type configOutput struct {
 func (d *Driver) ConfigStage() error {
 	host, _ := os.Hostname()
 	return json.NewEncoder(d.Stdout).Encode(configOutput{
-		BuildsDir: layout.BuildsDir,
-		CacheDir:  layout.CacheDir,
+		BuildsDir: jobcontainer.BuildsDir,
+		CacheDir:  jobcontainer.CacheDir,
 		Hostname:  host,
 		Driver:    map[string]string{"name": "hearth", "version": d.Version},
 		Shell:     "bash",
@@ -195,8 +195,8 @@ func instance(p *Payload) string {
 
 // runnerKey groups builds dirs: per GitLab instance, then per runner. The runner's short token is a
 // variable, so a job could change it, but only to move itself among its own project's dirs.
-func runnerKey(p *Payload, env Invocation) string {
-	token := strings.TrimSpace(env.Custom["CI_RUNNER_SHORT_TOKEN"])
+func runnerKey(p *Payload, inv Invocation) string {
+	token := strings.TrimSpace(inv.Custom["CI_RUNNER_SHORT_TOKEN"])
 	if token == "" {
 		token = "runner"
 	}

@@ -42,15 +42,21 @@ func (f *fakeExecutor) Cleanup(_ context.Context, id string) error {
 	return nil
 }
 
-// fakeFlusher pushes nothing: it reports one pushed path, or fails as told.
+// fakeFlusher pushes nothing: it reports one pushed path, or nothing waiting, or fails as told,
+// with the corrupt queue entries it is given.
 type fakeFlusher struct {
-	calls int
-	err   error
+	calls   int
+	err     error
+	empty   bool
+	corrupt []error
 }
 
 func (f *fakeFlusher) Flush(_ context.Context, pushed func(nixstore.PathInfo, cache.Stats)) (cache.DrainResult, error) {
 	f.calls++
-	res := cache.DrainResult{Entries: 1}
+	res := cache.DrainResult{Entries: 1, Corrupt: f.corrupt}
+	if f.empty {
+		return cache.DrainResult{Corrupt: f.corrupt}, nil
+	}
 	if f.err != nil {
 		return res, f.err
 	}
@@ -73,14 +79,24 @@ type job struct {
 	codeFile string
 }
 
-func newJob(t *testing.T, push string, required, protected bool) *job {
+// setup is what a job's world is made of: the config's [cache] push and required, and whether
+// the payload says the ref is protected.
+type setup struct {
+	push                string
+	required, protected bool
+}
+
+func newJob(t *testing.T, s setup) *job {
 	t.Helper()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("[cache]\npush = %q\nrequired = %v\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-env\"\n", push, required)))
+	if s.push == "" {
+		s.push = "always"
+	}
+	cfg, err := config.Parse([]byte(fmt.Sprintf("[cache]\npush = %q\nrequired = %v\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-env\"\n", s.push, s.required)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	j := &job{dir: t.TempDir(), exec: &fakeExecutor{}, flusher: &fakeFlusher{}}
-	payload := fmt.Sprintf(`{"id":77,"job_info":{"project_id":7},"git_info":{"repo_url":"https://gitlab.example.com/g/p.git","ref":"main","protected":%v}}`, protected)
+	payload := fmt.Sprintf(`{"id":77,"job_info":{"project_id":7},"git_info":{"repo_url":"https://gitlab.example.com/g/p.git","ref":"main","protected":%v}}`, s.protected)
 	if err := os.WriteFile(filepath.Join(j.dir, "response.json"), []byte(payload), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -113,57 +129,66 @@ func (j *job) run(t *testing.T, stage string) error {
 
 func TestRun(t *testing.T) {
 	broken := errors.New("the bucket is gone")
+	corrupt := errors.New("queue entry /q/1.paths is corrupt: line 2 is \"x\"")
 	type outcome struct {
 		kind    Kind   // 0: success
-		logged  bool   // the failure's sentence is already in the log
+		logged  bool   // the failure's sentence is already in the job log: Report prints nothing
+		printed string // what Report prints on stderr
 		flushed bool   // the cache was asked to push
 		log     string // the job log contains this
 	}
 	tests := []struct {
-		name      string
-		stage     string
-		code      int
-		push      string
-		protected bool
-		required  bool
-		flushErr  error
-		openErr   error
-		want      outcome
+		name    string
+		stage   string
+		code    int
+		setup   setup
+		flusher fakeFlusher
+		openErr error
+		want    outcome
 	}{
-		{"script succeeds, push always", "build_script", 0, "always", false, false, nil, nil,
+		{"script succeeds, push always", "build_script", 0, setup{}, fakeFlusher{}, nil,
 			outcome{flushed: true, log: "pushed /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-built (2.0 KiB, 512 B compressed)\nPushed 1 path"}},
-		{"step_script is the user script too", "step_script", 0, "always", false, false, nil, nil, outcome{flushed: true, log: "Pushing what the job built to file:///fake"}},
-		{"script fails: nothing is pushed", "build_script", 42, "always", false, false, nil, nil, outcome{kind: BuildFailure, logged: true}},
-		{"after_script pushes nothing", "after_script", 0, "always", false, false, nil, nil, outcome{}},
-		{"an unknown stage runs like any other", "step_release", 0, "always", false, false, nil, nil, outcome{}},
-		{"an unknown stage fails like any other", "step_release", 3, "always", false, false, nil, nil, outcome{kind: BuildFailure, logged: true}},
-		{"push never", "build_script", 0, "never", true, false, nil, nil, outcome{}},
-		{"protected ref, push protected", "build_script", 0, "protected", true, false, nil, nil, outcome{flushed: true}},
-		{"unprotected ref, push protected (whatever the variables say)", "build_script", 0, "protected", false, false, nil, nil,
+		{"step_script is the user script too", "step_script", 0, setup{}, fakeFlusher{}, nil, outcome{flushed: true, log: "Pushing what the job built to file:///fake"}},
+		{"nothing waiting, a corrupt entry", "build_script", 0, setup{}, fakeFlusher{empty: true, corrupt: []error{corrupt}}, nil,
+			outcome{flushed: true, log: "\x1b[0;33mWARNING: " + corrupt.Error() + "\x1b[0;m\nnothing was waiting to be pushed\n"}},
+		{"script fails: nothing is pushed", "build_script", 42, setup{}, fakeFlusher{}, nil, outcome{kind: BuildFailure, logged: true}},
+		{"after_script pushes nothing", "after_script", 0, setup{}, fakeFlusher{}, nil, outcome{}},
+		{"an unknown stage runs like any other", "step_release", 0, setup{}, fakeFlusher{}, nil, outcome{}},
+		{"an unknown stage fails like any other", "step_release", 3, setup{}, fakeFlusher{}, nil, outcome{kind: BuildFailure, logged: true}},
+		{"push never", "build_script", 0, setup{push: "never", protected: true}, fakeFlusher{}, nil, outcome{}},
+		{"protected ref, push protected", "build_script", 0, setup{push: "protected", protected: true}, fakeFlusher{}, nil, outcome{flushed: true}},
+		{"unprotected ref, push protected (whatever the variables say)", "build_script", 0, setup{push: "protected"}, fakeFlusher{}, nil,
 			outcome{log: "Not pushing to the binary cache: main is not a protected ref"}},
-		{"push fails: a warning", "build_script", 0, "always", false, false, broken, nil,
+		{"push fails: a warning", "build_script", 0, setup{}, fakeFlusher{err: broken}, nil,
 			outcome{flushed: true, log: "WARNING: the binary cache push failed; the paths stay queued for the next push: the bucket is gone"}},
-		{"cache unreachable: a warning", "build_script", 0, "always", false, false, nil, broken,
+		{"cache unreachable: a warning", "build_script", 0, setup{}, fakeFlusher{}, broken,
 			outcome{log: "WARNING: the binary cache push failed; the paths stay queued for the next push: the bucket is gone"}},
-		{"push fails, cache required: the runner's fault", "build_script", 0, "always", false, true, broken, nil, outcome{kind: SystemFailure, flushed: true}},
-		{"cache unreachable, required: the runner's fault", "build_script", 0, "always", false, true, nil, broken, outcome{kind: SystemFailure}},
-		{"script fails, cache required: still the job's fault", "build_script", 1, "always", false, true, broken, nil, outcome{kind: BuildFailure, logged: true}},
+		{"push fails, cache required: the runner's fault", "build_script", 0, setup{required: true}, fakeFlusher{err: broken}, nil,
+			outcome{kind: SystemFailure, flushed: true, printed: "ERROR: hearth run: push to the binary cache (required by [cache] required): the bucket is gone\n"}},
+		{"cache unreachable, required: the runner's fault", "build_script", 0, setup{required: true}, fakeFlusher{}, broken,
+			outcome{kind: SystemFailure, printed: "ERROR: hearth run: push to the binary cache (required by [cache] required): the bucket is gone\n"}},
+		{"script fails, cache required: still the job's fault", "build_script", 1, setup{required: true}, fakeFlusher{err: broken}, nil, outcome{kind: BuildFailure, logged: true}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			j := newJob(t, tc.push, tc.required, tc.protected)
-			j.exec.code, j.flusher.err, j.openErr = tc.code, tc.flushErr, tc.openErr
+			j := newJob(t, tc.setup)
+			j.exec.code, j.openErr = tc.code, tc.openErr
+			*j.flusher = tc.flusher
 			// A code an earlier stage left must not survive this one.
 			if err := os.WriteFile(j.codeFile, []byte("99\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			err := Report(io.Discard, "run", j.run(t, tc.stage))
+			var stderr strings.Builder
+			err := Report(&stderr, "run", j.run(t, tc.stage))
 			var f *Failure
 			switch {
 			case tc.want.kind == 0 && err != nil:
 				t.Fatalf("failed: %v\n%s", err, j.log.String())
 			case tc.want.kind != 0 && (!errors.As(err, &f) || f.Kind != tc.want.kind || f.Logged != tc.want.logged):
 				t.Fatalf("error %#v, want kind %d logged %v", err, tc.want.kind, tc.want.logged)
+			}
+			if stderr.String() != tc.want.printed {
+				t.Fatalf("stderr %q, want %q", stderr.String(), tc.want.printed)
 			}
 			got, rerr := os.ReadFile(j.codeFile)
 			if rerr != nil || string(got) != fmt.Sprintf("%d\n", tc.code) {
@@ -188,7 +213,7 @@ func TestRun(t *testing.T) {
 // When the stage cannot be run at all, no exit code is left for gitlab-runner to misread, and it
 // is the runner's failure.
 func TestRunErrorLeavesNoExitCode(t *testing.T) {
-	j := newJob(t, "always", false, false)
+	j := newJob(t, setup{})
 	j.exec.runErr = errors.New("lost the connection to the job container's agent")
 	if err := os.WriteFile(j.codeFile, []byte("42\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -206,7 +231,7 @@ func TestRunErrorLeavesNoExitCode(t *testing.T) {
 
 func TestPrepare(t *testing.T) {
 	t.Run("the spec comes from the payload", func(t *testing.T) {
-		j := newJob(t, "always", false, true)
+		j := newJob(t, setup{protected: true})
 		if err := j.driver.Prepare(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -223,7 +248,7 @@ func TestPrepare(t *testing.T) {
 		}
 	})
 	t.Run("a refused image is the job's fault, before any container", func(t *testing.T) {
-		j := newJob(t, "always", false, false)
+		j := newJob(t, setup{})
 		p := strings.Replace(readFile(t, j.driver.Invocation.JobResponseFile), `"id":77`, `"id":77,"image":{"name":"evil/miner"}`, 1)
 		if err := os.WriteFile(j.driver.Invocation.JobResponseFile, []byte(p), 0o600); err != nil {
 			t.Fatal(err)
@@ -243,7 +268,7 @@ func TestPrepare(t *testing.T) {
 		{"the rest is the host's", errors.New("containerd is unreachable"), SystemFailure},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			j := newJob(t, "always", false, false)
+			j := newJob(t, setup{})
 			j.exec.prepareErr = tc.err
 			err := Report(io.Discard, "prepare", j.driver.Prepare(context.Background()))
 			var f *Failure
@@ -255,7 +280,7 @@ func TestPrepare(t *testing.T) {
 }
 
 func TestCleanupNamesTheContainerFromThePayload(t *testing.T) {
-	j := newJob(t, "always", false, false)
+	j := newJob(t, setup{})
 	if err := j.driver.Prepare(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -23,8 +23,9 @@ const (
 	SystemFailure
 )
 
-// Failure is how a driver stage failed. Report makes one of every error a stage returns; its
-// kind is decided there and nowhere else.
+// Failure is how a driver stage failed. The driver marks what it knows to be the job's fault (a
+// refused image, the script's own exit status) with one; Report makes one of every other error a
+// stage returns, deciding its kind from what the executor says.
 type Failure struct {
 	Kind Kind
 	Err  error

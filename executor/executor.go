@@ -18,7 +18,7 @@ import (
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor/agent"
-	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/jobcontainer"
 )
 
 // Label keys put on every container and snapshot hearth creates, so that whatever a crash leaves
@@ -147,7 +147,7 @@ func (e *Executor) jobDir(id string) string {
 }
 
 func (e *Executor) agentSocket(id string) string {
-	return filepath.Join(e.jobDir(id), "agent", layout.AgentSocketName)
+	return filepath.Join(e.jobDir(id), "agent", jobcontainer.AgentSocketName)
 }
 
 // Run runs one stage's script in the job's container, streaming its output (stdout and stderr

@@ -16,7 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/hearth-ci/hearth/executor/agent"
-	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/nix"
 )
 
@@ -183,12 +183,12 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	}
 
 	mounts := []specs.Mount{
-		{Destination: layout.StoreDir, Type: "bind", Source: nix.StoreDir, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
-		{Destination: layout.DaemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
-		{Destination: layout.AgentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
-		{Destination: layout.AgentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
-		{Destination: layout.BuildsDir, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
-		{Destination: layout.CacheDir, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
+		{Destination: jobcontainer.StoreDir, Type: "bind", Source: nix.StoreDir, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: jobcontainer.DaemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
+		{Destination: jobcontainer.AgentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
+		{Destination: jobcontainer.AgentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
+		{Destination: jobcontainer.BuildsDir, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
+		{Destination: jobcontainer.CacheDir, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
 		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
 		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
 	}
@@ -206,7 +206,7 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 		oci.WithMounts(mounts),
 		oci.WithUserNamespace(idmap, idmap),
 		oci.WithHostname(hostname(job.ID)),
-		oci.WithProcessArgs(agent.Options{Socket: layout.AgentSocket, StopTimeout: e.cfg.Jobs.StopTimeout.Std(), Job: job.ID}.Args(layout.AgentBinary)...),
+		oci.WithProcessArgs(agent.Options{Socket: jobcontainer.AgentSocket, StopTimeout: e.cfg.Jobs.StopTimeout.Std(), Job: job.ID}.Args(jobcontainer.AgentBinary)...),
 		oci.WithProcessCwd("/"),
 		oci.WithEnv(env),
 		oci.WithNoNewPrivileges,

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/hearth-ci/hearth/executor/layout"
+	"github.com/hearth-ci/hearth/jobcontainer"
 )
 
 // skeletonVersion changes whenever the skeleton's layout does, so old skeletons are not reused.
@@ -23,15 +23,15 @@ const skeletonVersion = "2"
 func (e *Executor) skeleton(env Environment) (string, error) {
 	rel := func(p string) string { return strings.TrimPrefix(p, "/") }
 	dirs := []string{"proc", "dev", "sys", "run", "tmp", "root", "etc", "bin", "usr/bin", "var/tmp",
-		rel(layout.StoreDir), rel(path.Dir(layout.DaemonSocket)), rel(path.Dir(layout.AgentBinary)), rel(layout.AgentDir),
-		rel(layout.BuildsDir), rel(layout.CacheDir)}
+		rel(jobcontainer.StoreDir), rel(path.Dir(jobcontainer.DaemonSocket)), rel(path.Dir(jobcontainer.AgentBinary)), rel(jobcontainer.AgentDir),
+		rel(jobcontainer.BuildsDir), rel(jobcontainer.CacheDir)}
 	files := map[string]string{
-		rel(layout.DaemonSocket): "",
-		rel(layout.AgentBinary):  "",
-		"etc/hosts":              "127.0.0.1 localhost\n::1 localhost\n",
-		"etc/resolv.conf":        "",
-		"etc/passwd":             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-		"etc/group":              "root:x:0:\nnogroup:x:65534:\n",
+		rel(jobcontainer.DaemonSocket): "",
+		rel(jobcontainer.AgentBinary):  "",
+		"etc/hosts":                    "127.0.0.1 localhost\n::1 localhost\n",
+		"etc/resolv.conf":              "",
+		"etc/passwd":                   "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group":                    "root:x:0:\nnogroup:x:65534:\n",
 	}
 	links := map[string]string{
 		"bin/sh":      env.StorePath + "/bin/sh",

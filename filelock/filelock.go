@@ -14,8 +14,9 @@ import (
 	"time"
 )
 
-// poll is how often a waiting Lock tries again. flock cannot be interrupted by a context, and
-// the locks are held for seconds at most, so polling costs little and keeps waits cancellable.
+// poll is how often a waiting Lock tries again. flock cannot be interrupted by a context; polling
+// keeps waits cancellable, and adds at most 50 ms to a wait that lasts as long as the holder's
+// work (a NAR upload, an image pull).
 const poll = 50 * time.Millisecond
 
 // TryLock takes f's exclusive lock if no other holder has it, and reports whether it did.

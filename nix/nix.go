@@ -75,6 +75,20 @@ func HashPart(storePath string) (string, error) {
 	return base[:hashPartLen], nil
 }
 
+// HashPartOf returns the hash of what people name a store path by: the path, its base name, or
+// the hash alone.
+func HashPartOf(name string) (string, error) {
+	base := name[strings.LastIndex(name, "/")+1:]
+	hash, _, _ := strings.Cut(base, "-")
+	if len(hash) != hashPartLen {
+		return "", fmt.Errorf("%q names no store path: give the path, its base name or its 32-character hash", name)
+	}
+	if _, err := nixbase32.DecodeString(hash); err != nil {
+		return "", fmt.Errorf("%q names no store path: its hash part is not nixbase32: %w", name, err)
+	}
+	return hash, nil
+}
+
 // StorePath returns the full path of a store path given as a base name, and a full path as it is:
 // Nix prints references and derivers either way, depending on its version.
 func StorePath(p string) string {

@@ -84,3 +84,25 @@ func TestNormalizeHash(t *testing.T) {
 		})
 	}
 }
+
+func TestHashPartOf(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"/nix/store/mydivsscdmlnb3pjc4n1y3dlvzs0v3gd-x", "mydivsscdmlnb3pjc4n1y3dlvzs0v3gd", ""},
+		{"mydivsscdmlnb3pjc4n1y3dlvzs0v3gd-x", "mydivsscdmlnb3pjc4n1y3dlvzs0v3gd", ""},
+		{"mydivsscdmlnb3pjc4n1y3dlvzs0v3gd", "mydivsscdmlnb3pjc4n1y3dlvzs0v3gd", ""},
+		{"mydivsscdmlnb3pjc4n1y3dlvzs0v3gd.narinfo", "", "names no store path"},
+		{"eydivsscdmlnb3pjc4n1y3dlvzs0v3gd", "", "not nixbase32"},
+		{"result", "", "names no store path"},
+	} {
+		got, err := HashPartOf(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("HashPartOf(%q) = %q, %v; want an error saying %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("HashPartOf(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 // Package nixstore reads the local Nix store through the nix command line: the path info of a
-// whole closure in one call, and the outputs of a derivation. It understands the JSON that
-// different Nix versions print.
+// whole closure in one call (in the JSON shape of any Nix version), the outputs of derivations,
+// whether a path is still there, and what a command-line argument names. PathInfo knows its own
+// narinfo, and Order sorts paths after what they reference.
 package nixstore
 
 import (
@@ -68,15 +69,16 @@ func Daemon(socket string) *Store {
 
 // Closure returns the path info of paths and of everything they reference, recursively.
 func (s *Store) Closure(ctx context.Context, paths []string) ([]PathInfo, error) {
-	return s.pathInfo(ctx, paths, true)
+	return s.pathInfo(ctx, paths, "--recursive")
 }
 
 // Info returns the path info of paths alone.
 func (s *Store) Info(ctx context.Context, paths []string) ([]PathInfo, error) {
-	return s.pathInfo(ctx, paths, false)
+	return s.pathInfo(ctx, paths)
 }
 
-func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+// pathInfo runs nix path-info --json with flags on paths, a thousand at a time.
+func (s *Store) pathInfo(ctx context.Context, paths []string, flags ...string) ([]PathInfo, error) {
 	if len(paths) == 0 {
 		return nil, nil
 	}
@@ -86,9 +88,7 @@ func (s *Store) pathInfo(ctx context.Context, paths []string, recursive bool) ([
 		}
 	}
 	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
-	if recursive {
-		args = append(args, "--recursive")
-	}
+	args = append(args, flags...)
 	var all []PathInfo
 	seen := map[string]bool{}
 	for _, chunk := range chunks(paths) {

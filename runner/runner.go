@@ -2,10 +2,12 @@ package runner
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/exec"
 	"path"
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -107,10 +110,23 @@ type Runner struct {
 	abort      chan struct{} // stop everything; only cleanup follows
 	cancelOnce sync.Once
 	abortOnce  sync.Once
+	interrupts atomic.Int32
 }
 
-// New returns a Runner for opts.
+// New returns a Runner for opts. A job without an id gets a random one; without a project path,
+// local/<the current directory's name>; without a repository URL, one on gitlab.invalid.
 func New(opts Options) *Runner {
+	if opts.JobID == 0 {
+		n, _ := rand.Int(rand.Reader, big.NewInt(1e9))
+		opts.JobID = n.Int64() + 1
+	}
+	if opts.ProjectPath == "" {
+		wd, _ := os.Getwd()
+		opts.ProjectPath = "local/" + filepath.Base(wd)
+	}
+	if opts.RepoURL == "" {
+		opts.RepoURL = "https://gitlab.invalid/" + opts.ProjectPath + ".git"
+	}
 	opts.Custom.Config.role, opts.Custom.Prepare.role = "config", "prepare"
 	opts.Custom.Run.role, opts.Custom.Cleanup.role = "run", "cleanup"
 	if opts.Timeout == 0 {
@@ -143,6 +159,20 @@ func (r *Runner) Cancel() { r.cancelOnce.Do(func() { close(r.cancel) }) }
 
 // Abort is GitLab's abort ("canceled"): every driver call in flight gets SIGTERM; only cleanup runs.
 func (r *Runner) Abort() { r.abortOnce.Do(func() { close(r.abort) }) }
+
+// Interrupt is Ctrl-C at a terminal: the first cancels the job, a second aborts it. It reports
+// whether this one aborted.
+func (r *Runner) Interrupt() (aborted bool) {
+	if r.interrupts.Add(1) == 1 {
+		r.Cancel()
+		return false
+	}
+	r.Abort()
+	return true
+}
+
+// JobID is the job's id, as given or as New chose it.
+func (r *Runner) JobID() int64 { return r.opts.JobID }
 
 var errCanceled = errors.New("canceled")
 

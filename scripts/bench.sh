@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HEARTH_NEED_S3=1 source scripts/setup.sh
-exec go run ./internal/bench "$@"
+exec go run ./internal/tools/bench "$@"

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec go run ./internal/demo "$@"
+exec go run ./internal/tools/demo "$@"

@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 short=
 for a in "$@"; do
-	case "$a" in -short | --short | -test.short | -short=true) short=1 ;; esac
+	f=${a#-}
+	f=${f#-}
+	case "$f" in
+	short | test.short) short=1 ;;
+	short=* | test.short=*) case "${f#*=}" in 1 | t | T | true | TRUE | True) short=1 ;; esac ;;
+	esac
 done
 if [ -n "$short" ] && [ -n "${HEARTH_CI:-}" ]; then
 	echo "CI runs every test: -short, which skips the tests on real parts, is refused here" >&2

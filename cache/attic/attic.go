@@ -192,7 +192,7 @@ func (c *Cache) Put(ctx context.Context, info nixstore.PathInfo, src cache.NarSo
 	for attempt := 1; attempt <= c.attempts; attempt++ {
 		if attempt > 1 {
 			// 2 s, 4.5 s, 8 s: a server restarting or a proxy busy-signalling gets time to
-			// recover, and four attempts still end within half a minute.
+			// recover, and the waits of four attempts add up to under 15 s.
 			select {
 			case <-time.After(time.Duration(attempt*attempt) * 500 * time.Millisecond):
 			case <-ctx.Done():

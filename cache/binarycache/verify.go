@@ -21,7 +21,8 @@ var _ cache.Verifier = (*Cache)(nil)
 
 // Verify checks the narinfos of storePaths, or all the cache lists when there are none: the NAR
 // exists, its compressed size and hash and its NAR size and hash match, and a signature verifies
-// with pub, or with the public half of the cache's signing key when pub is nil.
+// with pub, or with the public half of the cache's signing key when pub is nil. A name that is no
+// store path is a problem of its own.
 func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths []string) (cache.Verification, error) {
 	var v cache.Verification
 	if pub == nil && c.key != nil {
@@ -31,13 +32,15 @@ func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths [
 	v.Key = pub
 	var keys []string
 	for _, p := range storePaths {
-		k, err := narinfoKey(p)
+		h, err := nix.HashPartOf(p)
 		if err != nil {
-			return v, fmt.Errorf("verify %s: %w", p, err)
+			v.Problems = append(v.Problems, cache.Problem{Narinfo: p, Err: err})
+			v.Checked++
+			continue
 		}
-		keys = append(keys, k)
+		keys = append(keys, h+".narinfo")
 	}
-	if len(keys) == 0 {
+	if len(storePaths) == 0 {
 		var err error
 		if keys, err = c.objects.List(ctx, ".narinfo"); err != nil {
 			return v, fmt.Errorf("list narinfos: %w", err)
@@ -49,7 +52,7 @@ func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths [
 			v.Problems = append(v.Problems, cache.Problem{Narinfo: k, Err: err})
 		}
 	}
-	v.Checked = len(keys)
+	v.Checked += len(keys)
 	return v, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hearth-ci/hearth/cache"
@@ -41,8 +42,8 @@ func Backend(ctx context.Context, cfg *config.Config) (cache.Backend, error) {
 	case "attic":
 		return attic.New(ctx, attic.Config{Endpoint: c.Attic.Endpoint, Cache: c.Attic.Cache, TokenFile: c.Attic.TokenFile})
 	}
-	// Config validation admits only the backends above.
-	return nil, fmt.Errorf("unknown cache backend %q: set [cache] backend to file, s3 or attic", c.Backend)
+	// Config validation admits only the backends above; this is for a config made in code.
+	return nil, fmt.Errorf("unknown cache backend %q: set [cache] backend to one of %s", c.Backend, strings.Join(config.CacheBackends, ", "))
 }
 
 // signingKey loads the key narinfos are signed with; an empty setting means unsigned narinfos.

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -33,8 +32,10 @@ func cacheCommand() *cli.Command {
 				Action: hookAction,
 			},
 			{
-				Name:   "watch",
-				Usage:  "push queued paths continuously",
+				Name:  "watch",
+				Usage: "push queued paths continuously",
+				// A second: what a build queued starts up soon after, and an idle queue costs one
+				// directory read a second.
 				Flags:  []cli.Flag{configFlag(), &cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "how often to look at the queue"}},
 				Action: watchAction,
 			},
@@ -69,7 +70,7 @@ func hookAction(c *cli.Context) error {
 	// Whatever happens, the build goes on: report on stderr (it reaches the build log) and exit 0.
 	cfg, err := loadConfig(c)
 	if err == nil {
-		err = open.Queue(cfg).Add(strings.Fields(os.Getenv("OUT_PATHS")), os.Getenv("DRV_PATH"))
+		err = open.Queue(cfg).AddHookCall(os.Getenv)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hearth cache hook: the built paths were not queued for the binary cache: %v\n", err)
@@ -139,7 +140,11 @@ func verifyAction(c *cli.Context) error {
 	if !ok {
 		return fmt.Errorf("the %s backend cannot be verified by hearth", cfg.Cache.Backend)
 	}
-	res, err := v.Verify(c.Context, pub, c.Args().Slice())
+	paths := make([]string, c.NArg())
+	for i, a := range c.Args().Slice() {
+		paths[i] = nixstore.Resolve(a)
+	}
+	res, err := v.Verify(c.Context, pub, paths)
 	if err != nil {
 		return err
 	}

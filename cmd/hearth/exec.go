@@ -1,9 +1,7 @@
 package main
 
 import (
-	"crypto/rand"
 	"fmt"
-	"math/big"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -33,7 +31,7 @@ func execCommand() *cli.Command {
 			&cli.StringFlag{Name: "ref", Value: "main"},
 			&cli.StringFlag{Name: "sha", Value: "0000000000000000000000000000000000000000"},
 			&cli.BoolFlag{Name: "protected", Usage: "run as on a protected branch"},
-			&cli.DurationFlag{Name: "timeout", Value: time.Hour, Usage: "job timeout"},
+			&cli.DurationFlag{Name: "timeout", Value: time.Hour, Usage: "job timeout"}, // GitLab's default job timeout
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -58,27 +56,13 @@ func execCommand() *cli.Command {
 			drv := func(stage string) runner.Command {
 				return runner.Command{Exec: self, Args: []string{"--config", cfgPath, "driver", stage}}
 			}
-			projectPath := c.String("project-path")
-			if projectPath == "" {
-				wd, _ := os.Getwd()
-				projectPath = "local/" + filepath.Base(wd)
-			}
-			repoURL := c.String("repo-url")
-			if repoURL == "" {
-				repoURL = "https://gitlab.invalid/" + projectPath + ".git"
-			}
-			jobID := c.Int64("job-id")
-			if jobID == 0 {
-				n, _ := rand.Int(rand.Reader, big.NewInt(1e9))
-				jobID = n.Int64() + 1
-			}
 			r := runner.New(runner.Options{
 				Custom: runner.Custom{
 					Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup"),
 					GracefulKillTimeout: 30 * time.Second, // as gitlab-runner configs usually set it
 				},
-				Job: job, JobID: jobID,
-				ProjectID: c.Int64("project-id"), ProjectPath: projectPath, RepoURL: repoURL,
+				Job: job, JobID: c.Int64("job-id"),
+				ProjectID: c.Int64("project-id"), ProjectPath: c.String("project-path"), RepoURL: c.String("repo-url"),
 				Ref: c.String("ref"), SHA: c.String("sha"), Protected: c.Bool("protected"),
 				RunnerToken: "local", Timeout: c.Duration("timeout"),
 				Log: os.Stdout, RunnerLog: os.Stderr,
@@ -87,11 +71,13 @@ func execCommand() *cli.Command {
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 			defer signal.Stop(sig)
 			go func() {
-				<-sig
-				fmt.Fprintln(os.Stderr, "Canceling the job: its script is stopped and after_script runs. Interrupt again to abort.")
-				r.Cancel()
-				<-sig
-				r.Abort()
+				for range sig {
+					if r.Interrupt() {
+						fmt.Fprintln(os.Stderr, "Aborting the job: only cleanup runs.")
+						return
+					}
+					fmt.Fprintln(os.Stderr, "Canceling the job: its script is stopped and after_script runs. Interrupt again to abort.")
+				}
 			}()
 			res := r.Run(c.Context)
 			if res.State != "success" {

@@ -17,6 +17,8 @@ func gcCommand() *cli.Command {
 			"(or its agent is gone and it is that old). Containers with a stage in progress are never removed.",
 		Flags: []cli.Flag{
 			configFlag(),
+			// A job's stages follow each other within seconds; an hour without one means nobody
+			// is driving the job any more, and it is long enough for a runner restart.
 			&cli.DurationFlag{Name: "older-than", Value: time.Hour, Usage: "how long a job may sit idle before it counts as orphaned"},
 		},
 		Action: func(c *cli.Context) error {

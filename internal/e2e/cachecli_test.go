@@ -30,7 +30,7 @@ func TestCacheCommands(t *testing.T) {
 	}
 	cacheDir := filepath.Join(dir, "cache")
 	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", cacheDir, secret))
-	chain, err := parts.BuildChain(fmt.Sprint("cli-", time.Now().UnixNano()), 3)
+	chain, err := daemonOf(t).BuildChain(fmt.Sprint("cli-", time.Now().UnixNano()), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +51,20 @@ func TestCacheCommands(t *testing.T) {
 	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 narinfos checked") || !strings.Contains(string(out), "0 bad") {
 		t.Fatalf("verify of a sound cache: %v\n%s", err, out)
+	}
+	// Paths can be named by their hash, their base name or a result link, as people name them.
+	link := filepath.Join(t.TempDir(), "result")
+	if err := os.Symlink(top, link); err != nil {
+		t.Fatal(err)
+	}
+	hash := strings.SplitN(filepath.Base(chain[0]), "-", 2)[0]
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify", hash, filepath.Base(chain[1]), link).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "3 narinfos checked") || !strings.Contains(string(out), "0 bad") {
+		t.Fatalf("verify of named paths: %v\n%s", err, out)
+	}
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "cache", "verify", "not-a-path").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "BAD not-a-path: \"not-a-path\" names no store path") {
+		t.Fatalf("verify of a name that is no store path: %v\n%s", err, out)
 	}
 	// Replace one NAR with another path's: the sizes and hashes no longer match.
 	nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*.nar.zst"))

@@ -131,20 +131,21 @@ func TestExecInterrupts(t *testing.T) {
     - sleep 600
   after_script:
     - echo after-script-started
-    - sleep 2
+    - sleep %d
     - echo after-script-finished
 `
 	for _, tc := range []struct {
 		name       string
 		interrupts int
+		afterSleep int // seconds: the abort's after_script would never end by itself
 		finished   bool
 	}{
-		{"one Ctrl-C cancels", 1, true},
-		{"a second aborts", 2, false},
+		{"one Ctrl-C cancels", 1, 1, true},
+		{"a second aborts", 2, 600, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := nextJobID()
-			j := newExecJob(t, cfg, pipeline, "--job-id", strconv.FormatInt(id, 10), "sleeper")
+			j := newExecJob(t, cfg, fmt.Sprintf(pipeline, tc.afterSleep), "--job-id", strconv.FormatInt(id, 10), "sleeper")
 			if err := j.cmd.Start(); err != nil {
 				t.Fatal(err)
 			}

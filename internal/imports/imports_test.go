@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -25,13 +26,16 @@ type rule struct {
 	why      string
 }
 
+var (
+	backends = []string{module + "/cache/file", module + "/cache/s3", module + "/cache/attic", module + "/cache/binarycache"}
+	helpers  = []string{module + "/nix", module + "/nixstore", module + "/config", module + "/jobcontainer", module + "/filelock", module + "/secretfile"}
+)
+
 var rules = []rule{
 	{from: module + "/executor", to: module + "/driver", deps: true, why: "the executor knows nothing of GitLab"},
 	{from: module + "/executor", to: module + "/cache", deps: true, why: "the executor knows nothing of the cache"},
 	{from: module + "/cache", to: module + "/driver", deps: true, why: "the cache knows nothing of the driver"},
-	{from: module + "/cache", to: module + "/executor", deps: true, except: []string{module + "/cache/open"},
-		why: "the cache knows nothing of containers (cache/open reads the config, which names executor/layout's paths)"},
-	{from: module + "/cache", to: module + "/executor/", deps: false, why: "the cache knows nothing of containers"},
+	{from: module + "/cache", to: module + "/executor", deps: true, why: "the cache knows nothing of containers"},
 	{from: module + "/nixstore", to: module + "/cache", deps: true, why: "reading the store is not the cache's; deploys read it too"},
 	{from: module + "/nix", to: module + "/cache", deps: true, why: "Nix's formats know nothing of who uses them"},
 	{from: module + "/nix", to: module + "/nixstore", deps: true, why: "Nix's formats know nothing of the store on this host"},
@@ -39,10 +43,28 @@ var rules = []rule{
 	{from: module + "/runner", to: module + "/driver", deps: true, why: "the emulation of gitlab-runner speaks to the driver only as gitlab-runner does, through processes"},
 	{from: module + "/config", to: module + "/driver", deps: true, why: "the config is plain data"},
 	{from: module + "/config", to: module + "/cache", deps: true, why: "the config is plain data"},
+	{from: module + "/config", to: module + "/executor", deps: true, why: "the config is plain data"},
 	{from: module + "/filelock", to: module + "/", deps: true, why: "a small helper stands alone"},
 	{from: module + "/secretfile", to: module + "/", deps: true, why: "a small helper stands alone"},
 	{from: "", to: "github.com/containerd/containerd", deps: false, except: []string{module + "/executor"}, why: "only the executor speaks to containerd"},
 	{from: "", to: "github.com/aws/", deps: false, except: []string{module + "/cache/s3"}, why: "only the S3 backend uses the AWS SDK"},
+}
+
+func init() {
+	// The small packages beneath the others pull in neither containerd nor the AWS SDK.
+	for _, h := range helpers {
+		rules = append(rules,
+			rule{from: h, to: "github.com/containerd/", deps: true, why: "a small store/format package knows nothing of containers"},
+			rule{from: h, to: "github.com/aws/", deps: true, why: "a small store/format package knows nothing of S3"},
+		)
+	}
+	// The driver and the CLI reach a backend only through cache/open.
+	for _, b := range backends {
+		for _, from := range []string{module + "/driver", module + "/cmd/hearth"} {
+			rules = append(rules, rule{from: from, to: b, deps: false, why: "backends are opened in cache/open alone"})
+		}
+	}
+	rules = append(rules, rule{from: module + "/driver", to: module + "/cache/open", deps: false, why: "the driver is given its flusher; it does not open caches"})
 }
 
 type pkg struct {
@@ -71,6 +93,14 @@ func TestImportRules(t *testing.T) {
 				}
 			}
 		}
+		// A test helper is imported by tests only.
+		if production(p.ImportPath) {
+			for _, imp := range p.Imports {
+				if slices.Contains(testHelpers, imp) {
+					t.Errorf("%s imports %s, which is for tests", p.ImportPath, imp)
+				}
+			}
+		}
 		// What only tests and tools use stays out of production code.
 		if production(p.ImportPath) {
 			for _, imp := range p.Deps {
@@ -82,11 +112,14 @@ func TestImportRules(t *testing.T) {
 	}
 }
 
+// testHelpers are the packages outside internal/ that only tests import: helpers beside the code
+// they test, as net/http/httptest is.
+var testHelpers = []string{module + "/cache/cachetest"}
+
 // production reports whether a package of the module is production code: not under internal/,
-// which holds tests and tools, and not a test helper beside the code it tests, named like
-// net/http/httptest (cache/cachetest, the suite every cache backend passes).
+// which holds tests and tools, and not a test helper.
 func production(path string) bool {
-	return !strings.HasPrefix(path, module+"/internal/") && !strings.HasSuffix(path, "test")
+	return !strings.HasPrefix(path, module+"/internal/") && !slices.Contains(testHelpers, path)
 }
 
 // under reports whether path is the package prefix or one below it ("" is every package).

@@ -26,7 +26,9 @@ type Parts struct {
 	// Dir holds everything the environment made; Stop removes it.
 	Dir              string
 	ContainerdSocket string
-	// Daemon is the first nix-daemon; NewDaemon starts more on the same store.
+	// Daemon is the first nix-daemon, whose methods are the environment's own (parts.Nix,
+	// parts.BuildChain). A test that reads what a daemon logged or queued starts its own with
+	// NewDaemon, on the same store.
 	*Daemon
 	// Tools is a store path with busybox applets, bash and Nix's files; Environment is the store path
 	// a job environment points at (its bin/ has all of those plus working nix commands).

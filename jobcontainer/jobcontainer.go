@@ -1,8 +1,8 @@
-// Package layout is the job container's side of the contract: the paths inside every job
+// Package jobcontainer is the job container's side of the contract: the paths inside every job
 // container that hearth makes and mounts. gitlab-runner is told about the builds and cache dirs,
 // jobs rely on the store and the daemon socket, and the agent lives under /.hearth. The driver,
 // the executor and the config's validation all read them here, so the container is described once.
-package layout
+package jobcontainer
 
 import (
 	"path"
