@@ -102,7 +102,7 @@ auth:
 		issuer.Close()
 		return nil, err
 	}
-	if err := waitTCP(r.Host, 20*time.Second); err != nil {
+	if err := waitListening("tcp", r.Host, 20*time.Second); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -119,21 +119,6 @@ func (r *Registry) Close() {
 		stop(r.cmd)
 	}
 	r.Issuer.Close()
-}
-
-func waitTCP(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not accept connections within %s: %w", addr, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // push uploads the image with the registry's HTTP API, with a token for login.

@@ -172,20 +172,12 @@ func (s *S3) Restart() error {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
 	s.cmd = cmd
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.Dial("tcp", s.port)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			b, _ := os.ReadFile(s.log)
-			return fmt.Errorf("versitygw did not listen on %s: %s", s.port, b)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := waitListening("tcp", s.port, 20*time.Second); err != nil {
+		s.Kill()
+		b, _ := os.ReadFile(s.log)
+		return fmt.Errorf("versitygw: %w: %s", err, b)
 	}
+	return nil
 }
 
 // Kill stops versitygw at once, as a crash would.

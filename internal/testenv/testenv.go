@@ -212,16 +212,22 @@ func start(logPath string, environ []string, args ...string) (*exec.Cmd, error) 
 	return cmd, nil
 }
 
+// waitSocket waits until a server accepts connections on the unix socket at path.
 func waitSocket(path string, timeout time.Duration) error {
+	return waitListening("unix", path, timeout)
+}
+
+// waitListening waits until a server accepts connections on addr.
+func waitListening(network, addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.Dial("unix", path)
+		c, err := net.Dial(network, addr)
 		if err == nil {
 			c.Close()
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not accept connections within %s: %w", path, timeout, err)
+			return fmt.Errorf("%s did not accept connections within %s: %w", addr, timeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
