@@ -39,10 +39,11 @@ type Backend interface {
 // type assertion; a backend that cannot read its own contents back does not implement it.
 type Verifier interface {
 	// Verify checks the narinfos of storePaths (store paths, their base names or their hashes),
-	// or of every path the cache holds when storePaths is empty: each NAR exists, its sizes and hashes match, and a signature verifies with pub —
-	// or, when pub is nil, with the cache's own key, when it has one. It reads the whole cache, so
-	// it is for people, not for every push. The error is for a cache that cannot be read at all or
-	// a request it cannot answer; what is wrong with single paths is in the Verification.
+	// or of every path the cache holds when storePaths is empty: each NAR exists, its sizes and
+	// hashes match, and a signature verifies with pub — or, when pub is nil, with the cache's own
+	// key, when it has one. It reads every NAR it checks, so it is for people, not for every
+	// push. The error is for a cache that cannot be read at all or a request it cannot answer;
+	// what is wrong with single paths is in the Verification.
 	Verify(ctx context.Context, pub *signing.PublicKey, storePaths []string) (Verification, error)
 }
 

@@ -14,9 +14,10 @@ type Flusher struct {
 }
 
 // Flush drains the queue, waiting for the entries other drainers hold, so that when it returns
-// what the job built is in the cache or reported as not. pushed, when not nil, is told of each path
-// as it is uploaded, one call at a time. The error is for paths that could not be pushed (they stay queued) or a
-// queue that could not be read; corrupt entries are in the result and stay for a person.
+// what the job built is in the cache or reported as not. pushed, when not nil, is told of each
+// path as it is uploaded, one call at a time. The error is for paths that could not be pushed
+// (they stay queued) or a queue that could not be read; corrupt entries are in the result and
+// stay for a person.
 func (f *Flusher) Flush(ctx context.Context, pushed func(nixstore.PathInfo, Stats)) (DrainResult, error) {
 	p := *f.Pusher
 	if pushed != nil {

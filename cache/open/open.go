@@ -71,11 +71,20 @@ func Pusher(cfg *config.Config, b cache.Backend) *cache.Pusher {
 
 // Flusher opens the cache for the push at the end of a job's script.
 func Flusher(ctx context.Context, cfg *config.Config) (*cache.Flusher, error) {
+	p, err := openPusher(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &cache.Flusher{Queue: Queue(cfg), Pusher: p}, nil
+}
+
+// openPusher opens the backend and returns a Pusher to it.
+func openPusher(ctx context.Context, cfg *config.Config) (*cache.Pusher, error) {
 	b, err := Backend(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &cache.Flusher{Queue: Queue(cfg), Pusher: Pusher(cfg, b)}, nil
+	return Pusher(cfg, b), nil
 }
 
 // Queue is the queue the post-build-hook fills.
@@ -87,12 +96,6 @@ func Watcher(cfg *config.Config, interval time.Duration, log *slog.Logger) *cach
 		Queue:    Queue(cfg),
 		Interval: interval,
 		Log:      log,
-		Open: func(ctx context.Context) (*cache.Pusher, error) {
-			b, err := Backend(ctx, cfg)
-			if err != nil {
-				return nil, err
-			}
-			return Pusher(cfg, b), nil
-		},
+		Open:     func(ctx context.Context) (*cache.Pusher, error) { return openPusher(ctx, cfg) },
 	}
 }

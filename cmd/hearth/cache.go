@@ -97,10 +97,7 @@ func pushAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	paths := make([]string, c.NArg())
-	for i, a := range c.Args().Slice() {
-		paths[i] = nixstore.Resolve(a)
-	}
+	paths := storePathArgs(c)
 	b, err := open.Backend(c.Context, cfg)
 	if err != nil {
 		return err
@@ -140,11 +137,7 @@ func verifyAction(c *cli.Context) error {
 	if !ok {
 		return fmt.Errorf("the %s backend cannot be verified by hearth", cfg.Cache.Backend)
 	}
-	paths := make([]string, c.NArg())
-	for i, a := range c.Args().Slice() {
-		paths[i] = nixstore.Resolve(a)
-	}
-	res, err := v.Verify(c.Context, pub, paths)
+	res, err := v.Verify(c.Context, pub, storePathArgs(c))
 	if err != nil {
 		return err
 	}
@@ -159,6 +152,15 @@ func verifyAction(c *cli.Context) error {
 		return &exitError{code: 1}
 	}
 	return nil
+}
+
+// storePathArgs are the command's arguments as store paths, result links followed.
+func storePathArgs(c *cli.Context) []string {
+	paths := make([]string, c.NArg())
+	for i, a := range c.Args().Slice() {
+		paths[i] = nixstore.Resolve(a)
+	}
+	return paths
 }
 
 func keygenAction(c *cli.Context) error {

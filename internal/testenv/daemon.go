@@ -27,7 +27,7 @@ type Daemon struct {
 }
 
 // NewDaemon starts another daemon on the same store, configured as the first one. Stop it when
-// done with it; Parts.Stop stops only the first.
+// done with it: Parts.Stop stops only the first.
 func (e *Parts) NewDaemon() (*Daemon, error) {
 	e.daemons++
 	return e.newDaemon(fmt.Sprintf("nix-%d", e.daemons))
@@ -79,9 +79,6 @@ func (e *Parts) newDaemon(name string) (*Daemon, error) {
 		d.Stop()
 		return nil, err
 	}
-	if name == "nix" {
-		e.procs = append(e.procs, cmd)
-	}
 	return d, nil
 }
 
@@ -98,11 +95,11 @@ func waitLogged(log, line string, timeout time.Duration) error {
 	}
 }
 
-// Stop ends the daemon. The first daemon is stopped with the environment.
+// Stop ends the daemon; it may be called more than once. Parts.Stop stops the first.
 func (d *Daemon) Stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cmd != nil && d != d.parts.Daemon {
+	if d.cmd != nil {
 		stop(d.cmd)
 		d.cmd = nil
 	}

@@ -236,6 +236,9 @@ func waitListening(network, addr string, timeout time.Duration) error {
 // Stop ends the daemons, and the shims of the private containerd (they outlive it by design), and
 // removes the directory.
 func (e *Parts) Stop() {
+	if e.Daemon != nil {
+		e.Daemon.Stop() // started after containerd, stopped before it
+	}
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		stop(e.procs[i])
 	}
