@@ -3,41 +3,20 @@ package cache
 import (
 	"fmt"
 	"strings"
-	"time"
+
+	"github.com/hearth-ci/hearth/bytesize"
 )
-
-// FormatBytes prints n in binary units, as people read sizes of store paths.
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-// Rate prints bytes per second over d.
-func Rate(n int64, d time.Duration) string {
-	if d <= 0 {
-		return "-"
-	}
-	return FormatBytes(int64(float64(n)/d.Seconds())) + "/s"
-}
 
 // String is the one-line account of a push.
 func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "pushed %d %s", s.Pushed, plural(s.Pushed, "path", "paths"))
 	if s.Pushed > 0 {
-		fmt.Fprintf(&b, " (%s NAR", FormatBytes(s.NarBytes))
+		fmt.Fprintf(&b, " (%s NAR", bytesize.Format(s.NarBytes))
 		if s.FileBytes > 0 {
-			fmt.Fprintf(&b, ", %s compressed", FormatBytes(s.FileBytes))
+			fmt.Fprintf(&b, ", %s compressed", bytesize.Format(s.FileBytes))
 		}
-		fmt.Fprintf(&b, ", %s)", Rate(s.NarBytes, s.Elapsed))
+		fmt.Fprintf(&b, ", %s)", bytesize.Rate(s.NarBytes, s.Elapsed))
 	}
 	fmt.Fprintf(&b, "; %d already in the cache", s.Present)
 	if s.Gone > 0 {

@@ -28,6 +28,7 @@ type Config struct {
 	Jobs         Jobs                   `toml:"jobs"`
 	Environments map[string]Environment `toml:"environments"`
 	Cache        Cache                  `toml:"cache"`
+	Deploy       Deploy                 `toml:"deploy"`
 }
 
 // Containerd says which containerd daemon runs the job containers.
@@ -132,6 +133,7 @@ func Default() Config {
 			File:     FileCache{Dir: "/var/lib/hearth/binary-cache"},
 			S3:       S3Cache{Region: "us-east-1"},
 		},
+		Deploy: defaultDeploy(),
 	}
 }
 

@@ -119,16 +119,16 @@ func keys(t reflect.Type, prefix string) []string {
 }
 
 // sectionOf returns the text of the example's table for a key path ("environments.NAME" matches
-// any environment's table).
+// any environment's table). A table may be shown commented out, as an example to copy.
 func sectionOf(src, table string) string {
 	pattern := regexp.QuoteMeta("[" + table + "]")
 	pattern = strings.ReplaceAll(pattern, "NAME", `[^\]]+`)
-	loc := regexp.MustCompile(`(?m)^` + pattern + `$`).FindStringIndex(src)
+	loc := regexp.MustCompile(`(?m)^(# )?` + pattern + `$`).FindStringIndex(src)
 	if loc == nil {
 		return ""
 	}
 	rest := src[loc[1]:]
-	if next := regexp.MustCompile(`(?m)^\[`).FindStringIndex(rest); next != nil {
+	if next := regexp.MustCompile(`(?m)^(# )?\[`).FindStringIndex(rest); next != nil {
 		rest = rest[:next[0]]
 	}
 	return rest

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -37,6 +38,16 @@ func locateKey(src []byte, key toml.Key) int {
 		}
 	}
 	return 0
+}
+
+// at names key for an error message with its line; a key the file leaves out is placed at the line
+// of the table that lacks it.
+func at(src []byte, key ...string) string {
+	line := 0
+	for n := len(key); n > 0 && line == 0; n-- {
+		line = locateKey(src, key[:n])
+	}
+	return fmt.Sprintf("line %d: %s", line, strings.Join(key, "."))
 }
 
 func matches(path []string, want string) bool {

@@ -14,9 +14,7 @@ import (
 )
 
 func (c *Config) validate(src []byte) error {
-	at := func(key ...string) string {
-		return fmt.Sprintf("line %d: %s", locateKey(src, key), strings.Join(key, "."))
-	}
+	at := func(key ...string) string { return at(src, key...) }
 	for _, p := range []struct {
 		key []string
 		val string
@@ -67,7 +65,10 @@ func (c *Config) validate(src []byte) error {
 			return fmt.Errorf("%s: %w", at("environments", name), err)
 		}
 	}
-	return c.Cache.validate(at)
+	if err := c.Cache.validate(at); err != nil {
+		return err
+	}
+	return c.Deploy.validate(at)
 }
 
 // CacheBackends are the values [cache] backend may take.

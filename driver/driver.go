@@ -14,6 +14,7 @@ import (
 
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/executor"
 	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/nixstore"
@@ -26,6 +27,9 @@ type Executor interface {
 	Prepare(ctx context.Context, job executor.JobSpec, log io.Writer) error
 	Run(ctx context.Context, id, stage, script string, out io.Writer) (int, error)
 	Cleanup(ctx context.Context, id string) error
+	// BuildsDir is the host directory the job's container sees as its builds dir, or "" when the
+	// job has none (prepare never ran).
+	BuildsDir(id string) (string, error)
 }
 
 // Flusher pushes what jobs built to the binary cache; cache.Flusher is one.
@@ -47,6 +51,11 @@ type Driver struct {
 	Version string
 	// OpenFlusher connects to the binary cache; it is called only when a push is due.
 	OpenFlusher func(ctx context.Context) (Flusher, error)
+	// Store is the host's Nix store, where a system to deploy must be valid.
+	Store Store
+	// OpenDeployer makes the deployer for a job's deploys, recording origin on each target and
+	// telling log of each target's progress; it is called only when the job asked for a deploy.
+	OpenDeployer func(origin deploy.Origin, log func(target, line string)) Deployer
 }
 
 // configOutput is gitlab-runner's ConfigExecOutput.
@@ -120,6 +129,11 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 	if err != nil {
 		return fmt.Errorf("read the %s script: %w", stage, err)
 	}
+	if isUserScript(stage) {
+		if dir, ok := d.requestsDir(p); ok {
+			clearRequests(dir)
+		}
+	}
 	code, err := d.Exec.Run(ctx, ContainerID(p), stage, string(script), d.Stdout)
 	if err != nil {
 		return err
@@ -132,7 +146,10 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 		return &Failure{Kind: BuildFailure, Err: fmt.Errorf("%s: exit code %d", stage, code), Logged: true}
 	}
 	if isUserScript(stage) {
-		return d.push(ctx, p)
+		if err := d.push(ctx, p); err != nil {
+			return err
+		}
+		return d.deploys(ctx, p)
 	}
 	return nil
 }

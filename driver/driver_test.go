@@ -24,6 +24,10 @@ type fakeExecutor struct {
 	code       int
 	runErr     error
 	cleaned    []string
+	// builds is the host builds dir the job's container sees; run, when set, acts there as the
+	// job's script would.
+	builds string
+	run    func(builds string)
 }
 
 func (f *fakeExecutor) Prepare(_ context.Context, job executor.JobSpec, _ io.Writer) error {
@@ -34,8 +38,13 @@ func (f *fakeExecutor) Prepare(_ context.Context, job executor.JobSpec, _ io.Wri
 func (f *fakeExecutor) Run(_ context.Context, id, stage, script string, out io.Writer) (int, error) {
 	f.ran = append(f.ran, stage)
 	fmt.Fprintf(out, "ran %s in %s\n", stage, id)
+	if f.run != nil {
+		f.run(f.builds)
+	}
 	return f.code, f.runErr
 }
+
+func (f *fakeExecutor) BuildsDir(string) (string, error) { return f.builds, nil }
 
 func (f *fakeExecutor) Cleanup(_ context.Context, id string) error {
 	f.cleaned = append(f.cleaned, id)
@@ -84,6 +93,8 @@ type job struct {
 type setup struct {
 	push                string
 	required, protected bool
+	// config is appended to the config file.
+	config string
 }
 
 func newJob(t *testing.T, s setup) *job {
@@ -91,7 +102,7 @@ func newJob(t *testing.T, s setup) *job {
 	if s.push == "" {
 		s.push = "always"
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf("[cache]\npush = %q\nrequired = %v\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-env\"\n", s.push, s.required)))
+	cfg, err := config.Parse([]byte(fmt.Sprintf("[cache]\npush = %q\nrequired = %v\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-env\"\n%s", s.push, s.required, s.config)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/nixstore"
 )
@@ -31,9 +32,9 @@ func warning(log io.Writer, format string, args ...any) {
 func flush(ctx context.Context, log io.Writer, f Flusher) error {
 	defer section(log, "hearth_cache_push", "Pushing what the job built to "+f.String())()
 	res, err := f.Flush(ctx, func(info nixstore.PathInfo, st cache.Stats) {
-		line := "pushed " + info.Path + " (" + cache.FormatBytes(st.NarBytes)
+		line := "pushed " + info.Path + " (" + bytesize.Format(st.NarBytes)
 		if st.FileBytes > 0 {
-			line += ", " + cache.FormatBytes(st.FileBytes) + " compressed"
+			line += ", " + bytesize.Format(st.FileBytes) + " compressed"
 		}
 		fmt.Fprintln(log, line+")")
 	})

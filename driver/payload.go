@@ -31,6 +31,12 @@ type Payload struct {
 	Image struct {
 		Name string `json:"name"`
 	} `json:"image"`
+	// Variables are the job's variables as GitLab sent them; a job's own can override predefined
+	// ones, so they are read for records (the pipeline id), never for policy.
+	Variables []struct {
+		Key   string `json:"key"`
+		Value string `json:"value"`
+	} `json:"variables"`
 	Credentials []struct {
 		Type     string `json:"type"`
 		URL      string `json:"url"`

@@ -150,3 +150,19 @@ func ownedDir(dir string, uid uint32) error {
 	}
 	return os.Lchown(dir, int(uid), int(uid))
 }
+
+// BuildsDir is the host directory the job's container sees as its builds dir: the one its claim
+// names. A job with no state (prepare never ran, or cleanup removed it) has none.
+func (e *Executor) BuildsDir(id string) (string, error) {
+	st, err := e.readState(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read job state: %w", err)
+	}
+	if st.Claim == "" {
+		return "", nil
+	}
+	return strings.TrimSuffix(st.Claim, ".claim"), nil
+}

@@ -18,7 +18,7 @@ if [ -n "$short" ] && [ -n "${HEARTH_CI:-}" ]; then
 	echo "CI runs every test: -short, which skips the tests on real parts, is refused here" >&2
 	exit 2
 fi
-HEARTH_NEED_S3=1 HEARTH_NEED_REGISTRY=1 source scripts/setup.sh
+HEARTH_NEED_S3=1 HEARTH_NEED_REGISTRY=1 HEARTH_NEED_TARGETS=1 source scripts/setup.sh
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "not gofmt-ed: $unformatted" >&2

@@ -22,11 +22,14 @@ func configCommand() *cli.Command {
 				if c.NArg() > 0 {
 					path = c.Args().First()
 				}
-				cfg, err := config.Load(path)
-				if err != nil {
-					return err
+				cfg, errs := config.Check(path)
+				if len(errs) > 0 {
+					for _, e := range errs[:len(errs)-1] {
+						fmt.Fprintf(c.App.ErrWriter, "hearth: %v\n", e)
+					}
+					return errs[len(errs)-1]
 				}
-				fmt.Fprintf(c.App.Writer, "%s is valid: %d environments, default %q, network %q\n", path, len(cfg.Environments), cfg.Jobs.DefaultEnvironment, cfg.Jobs.Network)
+				fmt.Fprintf(c.App.Writer, "%s is valid: %d environments, default %q, network %q, %d deploy targets\n", path, len(cfg.Environments), cfg.Jobs.DefaultEnvironment, cfg.Jobs.Network, len(cfg.Deploy.Targets))
 				return nil
 			},
 		}},

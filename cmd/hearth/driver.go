@@ -10,8 +10,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hearth-ci/hearth/cache/open"
+	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/driver"
 	"github.com/hearth-ci/hearth/executor"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 type stageFunc func(ctx context.Context, d *driver.Driver, c *cli.Context) error
@@ -73,6 +75,12 @@ func runStage(c *cli.Context, fn stageFunc) error {
 				return nil, err
 			}
 			return f, nil
+		},
+		Store: nixstore.Daemon(cfg.Nix.DaemonSocket),
+		OpenDeployer: func(origin deploy.Origin, log func(target, line string)) driver.Deployer {
+			dep := deploy.New(cfg)
+			dep.Origin, dep.Log = origin, log
+			return dep
 		},
 	}
 	// SIGTERM from gitlab-runner means "stop this stage", not "tear down".

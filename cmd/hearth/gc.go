@@ -1,18 +1,20 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/executor"
 )
 
 func gcCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "gc",
-		Usage: "remove job containers, snapshots and dirs whose job is gone",
+		Usage: "remove job containers, snapshots and dirs whose job is gone, and what ended deploys left",
 		Description: "A job container is orphaned when no stage has run in it for longer than --older-than\n" +
 			"(or its agent is gone and it is that old). Containers with a stage in progress are never removed.",
 		Flags: []cli.Flag{
@@ -28,7 +30,11 @@ func gcCommand() *cli.Command {
 			}
 			ex := executor.New(cfg)
 			defer ex.Close()
-			return ex.GC(c.Context, c.Duration("older-than"), os.Stdout)
+			if err := ex.GC(c.Context, c.Duration("older-than"), os.Stdout); err != nil {
+				return err
+			}
+			// A deploy's lock is held for as long as it runs, so no age applies to deploys.
+			return deploy.GC(cfg, func(format string, args ...any) { fmt.Fprintf(os.Stdout, format+"\n", args...) })
 		},
 	}
 }

@@ -57,6 +57,7 @@ func main() {
 			cacheCommand(),
 			configCommand(),
 			agentCommand(),
+			deployCommand(),
 		},
 		// Errors are printed once, below, with the exit code the command chose.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
 )
 
@@ -28,7 +29,7 @@ func newProgress(w *os.File) *progress {
 func (p *progress) update(pr cache.Progress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	line := fmt.Sprintf("%d/%d paths, %s, %s", pr.Done, pr.Total, cache.FormatBytes(pr.NarBytes), cache.Rate(pr.NarBytes, pr.Elapsed))
+	line := fmt.Sprintf("%d/%d paths, %s, %s", pr.Done, pr.Total, bytesize.Format(pr.NarBytes), bytesize.Rate(pr.NarBytes, pr.Elapsed))
 	switch {
 	case p.tty:
 		fmt.Fprintf(p.w, "\r\x1b[K%s", line)

@@ -28,7 +28,7 @@ type rule struct {
 
 var (
 	backends = []string{module + "/cache/file", module + "/cache/s3", module + "/cache/attic", module + "/cache/binarycache"}
-	helpers  = []string{module + "/nix", module + "/nixstore", module + "/config", module + "/jobcontainer", module + "/filelock", module + "/secretfile"}
+	helpers  = []string{module + "/nix", module + "/nixstore", module + "/config", module + "/jobcontainer", module + "/filelock", module + "/secretfile", module + "/bytesize"}
 )
 
 var rules = []rule{
@@ -46,8 +46,15 @@ var rules = []rule{
 	{from: module + "/config", to: module + "/executor", deps: true, why: "the config is plain data"},
 	{from: module + "/filelock", to: module + "/", deps: true, why: "a small helper stands alone"},
 	{from: module + "/secretfile", to: module + "/", deps: true, why: "a small helper stands alone"},
+	{from: module + "/bytesize", to: module + "/", deps: true, why: "a small helper stands alone"},
 	{from: "", to: "github.com/containerd/containerd", deps: false, except: []string{module + "/executor"}, why: "only the executor speaks to containerd"},
 	{from: "", to: "github.com/aws/", deps: false, except: []string{module + "/cache/s3"}, why: "only the S3 backend uses the AWS SDK"},
+	{from: module + "/deploy", to: module + "/driver", deps: true, why: "deploys are mechanics; the driver decides who may deploy"},
+	{from: module + "/deploy", to: module + "/executor", deps: true, why: "deploys know nothing of job containers"},
+	{from: module + "/deploy", to: module + "/cache", deps: true, why: "a target pulls from its caches itself; deploys need no cache client"},
+	{from: module + "/executor", to: module + "/deploy", deps: true, why: "the executor knows nothing of deploys"},
+	{from: module + "/cache", to: module + "/deploy", deps: true, why: "the cache knows nothing of deploys"},
+	{from: "", to: "golang.org/x/crypto/ssh", deps: false, except: []string{module + "/deploy", module + "/internal/"}, why: "only deploy speaks SSH (and the tests' targets)"},
 }
 
 func init() {

@@ -1,0 +1,133 @@
+package deploy
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hearth-ci/hearth/nixstore"
+)
+
+func TestDiffClosures(t *testing.T) {
+	info := func(p string, size uint64) nixstore.PathInfo {
+		return nixstore.PathInfo{Path: "/nix/store/" + p, NarSize: size}
+	}
+	old := []nixstore.PathInfo{info("aaaa-glibc-2.39", 30), info("bbbb-nginx-1.26", 5), info("cccc-system", 1)}
+	new := []nixstore.PathInfo{info("aaaa-glibc-2.39", 30), info("dddd-nginx-1.27", 6), info("eeee-system", 1), info("ffff-etc", 2)}
+	d := diffClosures(old, new)
+	var added, removed []string
+	for _, in := range d.Added {
+		added = append(added, name(in.Path))
+	}
+	for _, in := range d.Removed {
+		removed = append(removed, name(in.Path))
+	}
+	if !reflect.DeepEqual(added, []string{"etc", "nginx-1.27", "system"}) || !reflect.DeepEqual(removed, []string{"nginx-1.26", "system"}) {
+		t.Fatalf("added %v, removed %v", added, removed)
+	}
+	if d.AddedBytes != 9 || d.RemovedBytes != 6 || d.OldSize != 36 || d.NewSize != 39 {
+		t.Fatalf("sizes %+v", d)
+	}
+	if got := listed(d.Added, 2); got != "etc, nginx-1.27, and 1 more" {
+		t.Fatalf("listed: %q", got)
+	}
+}
+
+func TestGenerations(t *testing.T) {
+	out := "1\t/nix/store/aaaa-nixos-system-a\t1700000000\t\t\n" +
+		"2\t/nix/store/bbbb-nixos-system-b\t1700000100\t\t{\"job\":\"77\",\"project\":\"g/p\",\"time\":\"2026-12-01T12:00:00Z\",\"path\":\"/nix/store/bbbb-nixos-system-b\",\"action\":\"switch\"}\n" +
+		"3\t/nix/store/cccc-nixos-system-c\t1700000200\tcurrent\t\n"
+	gens, err := parseGenerations(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gens) != 3 || !gens[2].Current || gens[1].Origin == nil || gens[1].Origin.Job != "77" || gens[0].Origin != nil || !gens[0].Time.Equal(time.Unix(1700000000, 0)) {
+		t.Fatalf("parsed %+v", gens)
+	}
+	prev, err := Previous(gens)
+	if err != nil || prev.Number != 2 {
+		t.Fatalf("previous: %+v, %v", prev, err)
+	}
+	if _, err := Previous(gens[:1]); err == nil || !strings.Contains(err.Error(), "no current generation") {
+		t.Fatalf("previous of a profile without a current generation: %v", err)
+	}
+	gens[0].Current, gens[2].Current = true, false
+	if _, err := Previous(gens); err == nil || !strings.Contains(err.Error(), "nothing to roll back to") {
+		t.Fatalf("previous of the oldest: %v", err)
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"/nix/store/abc-x": "/nix/store/abc-x",
+		"":                 "''",
+		"a b":              "'a b'",
+		"it's; rm -rf /":   `'it'\''s; rm -rf /'`,
+		"$(id)":            "'$(id)'",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+		out, err := exec.Command("sh", "-c", "printf %s "+shellQuote(in)).Output()
+		if err != nil || string(out) != in {
+			t.Errorf("sh read %s as %q (%v)", shellQuote(in), out, err)
+		}
+	}
+}
+
+// The script hearth runs on targets is valid sh.
+func TestTargetScriptParses(t *testing.T) {
+	cmd := exec.Command("sh", "-n")
+	cmd.Stdin = bytes.NewReader(TargetScript)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sh -n: %v\n%s", err, out)
+	}
+}
+
+// hearth's export stream is byte for byte what nix-store --export writes for the same path.
+func TestExportMatchesNix(t *testing.T) {
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("needs root and the host's Nix store")
+	}
+	if _, err := exec.LookPath("nix-store"); err != nil {
+		t.Skip("needs nix-store")
+	}
+	dir := t.TempDir()
+	os.MkdirAll(dir+"/tree/bin", 0o755)
+	os.WriteFile(dir+"/tree/bin/run", []byte("#!/bin/sh\necho hi\n"), 0o755)
+	os.WriteFile(dir+"/tree/data", bytes.Repeat([]byte("x"), 100001), 0o644)
+	os.Symlink("bin/run", dir+"/tree/link")
+	env := append(os.Environ(), "NIX_REMOTE=local")
+	out, err := (&exec.Cmd{Path: mustLook(t, "nix-store"), Args: []string{"nix-store", "--add", dir + "/tree"}, Env: env}).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := strings.TrimSpace(string(out))
+	want, err := (&exec.Cmd{Path: mustLook(t, "nix-store"), Args: []string{"nix-store", "--export", path}, Env: env}).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := (&nixstore.Store{Env: env}).Info(t.Context(), []string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if err := writeExport(&got, infos); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("export of %s: %d bytes, nix-store --export wrote %d", path, got.Len(), len(want))
+	}
+}
+
+func mustLook(t *testing.T, name string) string {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

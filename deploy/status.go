@@ -1,0 +1,85 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Generation is one of a target's system profile generations.
+type Generation struct {
+	Number  int
+	Path    string
+	Time    time.Time
+	Current bool
+	// Origin is what hearth recorded when it made the generation; nil for one it did not make.
+	Origin *Origin
+}
+
+// Generations lists a target's system profile generations, oldest first.
+func (d *Deployer) Generations(ctx context.Context, target string) ([]Generation, error) {
+	t, ok := d.Config.Targets[target]
+	if !ok {
+		return nil, fmt.Errorf("no target %q in [deploy.targets]; configured: %s", target, strings.Join(d.Config.TargetNames(), ", "))
+	}
+	w := newWrapper(t.User)
+	c, err := dial(ctx, endpoint{name: target, addr: hostPort(t.Host, t.Port), user: t.User, knownHosts: t.KnownHostsFile, identity: t.IdentityFile})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := w.hello(ctx, c); err != nil {
+		return nil, fmt.Errorf("%s: %w", target, err)
+	}
+	out, err := c.output(ctx, w.command("generations"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("list the generations of %s: %w", target, err)
+	}
+	return parseGenerations(out)
+}
+
+func parseGenerations(out string) ([]Generation, error) {
+	var gens []Generation
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		f := strings.SplitN(line, "\t", 5)
+		if len(f) < 3 {
+			return nil, fmt.Errorf("unexpected generation line %q", line)
+		}
+		n, err := strconv.Atoi(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("unexpected generation line %q", line)
+		}
+		for len(f) < 5 {
+			f = append(f, "")
+		}
+		secs, _ := strconv.ParseInt(f[2], 10, 64)
+		g := Generation{Number: n, Path: f[1], Time: time.Unix(secs, 0).UTC(), Current: f[3] == "current"}
+		if f[4] != "" {
+			var o Origin
+			if err := json.Unmarshal([]byte(f[4]), &o); err == nil {
+				g.Origin = &o
+			}
+		}
+		gens = append(gens, g)
+	}
+	return gens, nil
+}
+
+// Previous returns the generation before the current one: what a rollback goes back to.
+func Previous(gens []Generation) (Generation, error) {
+	for i, g := range gens {
+		if g.Current {
+			if i == 0 {
+				return Generation{}, fmt.Errorf("generation %d is the oldest: there is nothing to roll back to", g.Number)
+			}
+			return gens[i-1], nil
+		}
+	}
+	return Generation{}, fmt.Errorf("the system profile has no current generation")
+}

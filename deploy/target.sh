@@ -1,0 +1,400 @@
+#!/bin/sh
+# hearth-deploy-target: everything hearth runs on a deploy target, as root. hearth sends this
+# script to targets it logs in to as root; a target whose deploy user is not root installs it
+# (the deploy-target NixOS module does) and lets that user run exactly this command through sudo.
+#
+#   hello                       facts: protocol, systemd, current system, profile, generation, lock
+#   missing                     which of the store paths on stdin are not valid here
+#   closure PATH                `nix path-info --json --recursive PATH`
+#   realise PATH [SUBST [KEYS]] substitute PATH's closure, with extra substituters and keys
+#   import                      `nix-store --import` of the export stream on stdin
+#   begin ID ACTION PATH CONFIRM_S ACTIVATION_S
+#                               take the target's deploy lock, record the previous generation and
+#                               the record on stdin, set the profile (switch, boot), start the
+#                               watchdog (switch, test) and the activation, each a transient unit
+#   follow ID OFFSET            the activation's output from OFFSET until it ends
+#   result ID                   status=, verdict=, rolledback=
+#   confirm ID                  tell the watchdog the deploy stands; it then releases the lock
+#   rollback ID REASON          tell the watchdog to roll back (or roll back here, with no watchdog)
+#                               and print what the rollback did
+#   generations                 the system profile's generations, with the records hearth left
+#
+# Internal, run in the transient units: activate ID, watchdog ID.
+set -u
+PROTOCOL=1
+umask 022
+export PATH=/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+PROFILE=/nix/var/nix/profiles/system
+STATE=/var/lib/hearth-deploy
+RUN=/run/hearth-deploy
+SELF=$(readlink -f "$0")
+
+die() {
+	echo "hearth-deploy-target: $*" >&2
+	exit 1
+}
+
+check_id() {
+	case $1 in '' | *[!a-z0-9-]*) die "bad deploy id '$1'" ;; esac
+	[ ${#1} -le 64 ] || die "deploy id too long"
+}
+
+# Store paths are the target's own store's (a NixOS store is always /nix/store).
+check_path() {
+	case $1 in
+	/nix/store/*/* | /nix/store/) die "'$1' is not a store path" ;;
+	/nix/store/?*) ;;
+	*) die "'$1' is not a store path" ;;
+	esac
+	case ${1#/nix/store/} in *[!A-Za-z0-9+._?=-]*) die "'$1' is not a store path" ;; esac
+}
+
+check_seconds() {
+	case $1 in '' | *[!0-9]*) die "bad number of seconds '$1'" ;; esac
+}
+
+generation() {
+	link=$(readlink "$PROFILE" 2>/dev/null) || return 0
+	n=${link#system-}
+	n=${n%-link}
+	case $n in '' | *[!0-9]*) ;; *) echo "$n" ;; esac
+}
+
+systemd() { [ -d /run/systemd/system ]; }
+
+unit_active() {
+	if systemd; then
+		systemctl is-active --quiet "$1.service"
+	else
+		[ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null
+	fi
+}
+
+# start_unit NAME ARGS... runs this script with ARGS detached from the caller's session: a
+# transient systemd unit, which outlives the SSH connection, logind sessions and a network restart.
+start_unit() {
+	name=$1
+	shift
+	if systemd; then
+		systemd-run --quiet --collect --no-ask-password --service-type=exec --unit="$name" \
+			--setenv=NIXOS_INSTALL_BOOTLOADER=0 ${LOCALE_ARCHIVE:+--setenv=LOCALE_ARCHIVE=$LOCALE_ARCHIVE} \
+			-- "$SELF" "$@"
+	else
+		mkdir -p "$RUN/pids"
+		NIXOS_INSTALL_BOOTLOADER=0 setsid "$SELF" "$@" </dev/null >/dev/null 2>&1 &
+		echo $! >"$RUN/pids/$name"
+	fi
+}
+
+stop_unit() {
+	if systemd; then
+		systemctl stop "$1.service" 2>/dev/null
+	elif [ -f "$RUN/pids/$1" ]; then
+		kill "$(cat "$RUN/pids/$1")" 2>/dev/null
+	fi
+	return 0
+}
+
+# The lock is a symlink naming the deploy that holds it: created atomically with its content.
+take_lock() {
+	mkdir -p "$RUN"
+	for _ in 1 2 3; do
+		ln -s "$1" "$RUN/lock" 2>/dev/null && return 0
+		owner=$(readlink "$RUN/lock" 2>/dev/null) || continue
+		if unit_active "hearth-deploy-$owner" || unit_active "hearth-deploy-watch-$owner"; then
+			echo "busy=$owner"
+			return 1
+		fi
+		# Its deploy is gone (a crash, a reboot that kept /run): the lock is stale.
+		[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$owner" ] && rm -f "$RUN/lock"
+	done
+	echo "busy=$(readlink "$RUN/lock" 2>/dev/null)"
+	return 1
+}
+
+release_lock() {
+	[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$1" ] && rm -f "$RUN/lock"
+	return 0
+}
+
+# The verdict on a deploy is a symlink too: the first of confirm, rollback and the watchdog's
+# deadline to make it decides, and the others read what it says.
+decide() {
+	ln -s "$2" "$RUN/runs/$1/verdict" 2>/dev/null
+}
+
+verdict() { readlink "$RUN/runs/$1/verdict" 2>/dev/null; }
+
+put() {
+	printf '%s\n' "$2" >"$1.tmp" && mv "$1.tmp" "$1"
+}
+
+cmd_hello() {
+	echo "protocol=$PROTOCOL"
+	if systemd; then echo "systemd=1"; else echo "systemd=0"; fi
+	echo "current=$(readlink -e /run/current-system 2>/dev/null)"
+	echo "profile=$(readlink -e "$PROFILE" 2>/dev/null)"
+	echo "generation=$(generation)"
+	echo "lock=$(readlink "$RUN/lock" 2>/dev/null)"
+	echo "nix=$(nix-store --version 2>/dev/null)"
+}
+
+cmd_missing() {
+	xargs -r nix-store --check-validity --print-invalid
+}
+
+cmd_closure() {
+	check_path "$1"
+	nix --extra-experimental-features nix-command path-info --json --recursive "$1"
+}
+
+cmd_realise() {
+	check_path "$1"
+	set -- "$1" "${2:-}" "${3:-}"
+	if [ -n "$2" ] && [ -n "$3" ]; then
+		nix-store --realise "$1" --option extra-substituters "$2" --option extra-trusted-public-keys "$3"
+	elif [ -n "$2" ]; then
+		nix-store --realise "$1" --option extra-substituters "$2"
+	else
+		nix-store --realise "$1"
+	fi
+}
+
+cmd_import() {
+	nix-store --import
+}
+
+cmd_begin() {
+	[ $# -eq 5 ] || die "usage: begin ID ACTION PATH CONFIRM_S ACTIVATION_S"
+	id=$1 action=$2 path=$3
+	check_id "$id"
+	check_path "$path"
+	check_seconds "$4"
+	check_seconds "$5"
+	case $action in switch | boot | test) ;; *) die "unknown action '$action'" ;; esac
+	[ -f "$path/nixos-version" ] && [ -x "$path/bin/switch-to-configuration" ] ||
+		die "$path is not a NixOS system: it has no nixos-version or bin/switch-to-configuration"
+	take_lock "$id" || exit 75
+	run=$RUN/runs/$id
+	mkdir -p "$run"
+	cat >"$run/record.json"
+	put "$run/action" "$action"
+	put "$run/path" "$path"
+	put "$run/confirm" "$4"
+	put "$run/activation-timeout" "$5"
+	put "$run/prev-system" "$(readlink -e /run/current-system 2>/dev/null)"
+	put "$run/prev-profile" "$(readlink -e "$PROFILE" 2>/dev/null)"
+	put "$run/prev-generation" "$(generation)"
+	: >"$run/log"
+	if [ "$action" != test ]; then
+		if ! nix-env --profile "$PROFILE" --set "$path"; then
+			release_lock "$id"
+			die "could not set the system profile to $path"
+		fi
+		gen=$(generation)
+		put "$run/generation" "$gen"
+		mkdir -p "$STATE/generations"
+		cp "$run/record.json" "$STATE/generations/$gen.json"
+	fi
+	if [ "$action" != boot ] && ! start_unit "hearth-deploy-watch-$id" watchdog "$id"; then
+		undo_profile "$id"
+		release_lock "$id"
+		die "could not start the watchdog"
+	fi
+	if ! start_unit "hearth-deploy-$id" activate "$id"; then
+		decide "$id" "rollback:the activation could not be started"
+		die "could not start the activation"
+	fi
+	echo "generation=$(cat "$run/generation" 2>/dev/null)"
+	echo "previous=$(cat "$run/prev-generation")"
+}
+
+cmd_activate() {
+	id=$1
+	run=$RUN/runs/$id
+	action=$(cat "$run/action")
+	path=$(cat "$run/path")
+	"$path/bin/switch-to-configuration" "$action" >>"$run/log" 2>&1 </dev/null
+	put "$run/status" "$?"
+	# A boot deploy has no watchdog: nothing was activated, so nothing waits for a confirmation.
+	if [ "$action" = boot ] && [ "$(cat "$run/status")" = 0 ]; then
+		decide "$id" confirmed
+		release_lock "$id"
+	fi
+}
+
+cmd_watchdog() {
+	id=$1
+	run=$RUN/runs/$id
+	confirm=$(cat "$run/confirm")
+	limit=$(cat "$run/activation-timeout")
+	# Polling, five times a second: inotify tools are not on every target.
+	ticks=0
+	while [ ! -e "$run/status" ] && [ -z "$(verdict "$id")" ]; do
+		if [ $ticks -ge $((limit * 5)) ]; then
+			decide "$id" "rollback:the activation did not end within ${limit}s"
+			break
+		fi
+		sleep 0.2
+		ticks=$((ticks + 1))
+	done
+	ticks=0
+	while [ -z "$(verdict "$id")" ] && [ $ticks -lt $((confirm * 5)) ]; do
+		sleep 0.2
+		ticks=$((ticks + 1))
+	done
+	decide "$id" "rollback:no confirmation came within ${confirm}s"
+	case $(verdict "$id") in
+	rollback*) roll_back "$id" ;;
+	esac
+	release_lock "$id"
+}
+
+undo_profile() {
+	run=$RUN/runs/$1
+	gen=$(cat "$run/generation" 2>/dev/null)
+	prev=$(cat "$run/prev-generation" 2>/dev/null)
+	[ -n "$gen" ] || return 0
+	if [ -n "$prev" ]; then
+		nix-env --profile "$PROFILE" --switch-generation "$prev" &&
+			nix-env --profile "$PROFILE" --delete-generations "$gen"
+	else
+		# The first generation hearth made: there is nothing to go back to but no profile at all.
+		rm -f "$PROFILE" "$PROFILE-$gen-link"
+	fi
+	rm -f "$STATE/generations/$gen.json"
+}
+
+# roll_back restores what ran before: the profile's previous generation, and the previous
+# system's activation. It runs in the watchdog's unit (or, for boot, in the caller), never in the
+# SSH session, since re-activating the old system may restart the network.
+roll_back() {
+	id=$1
+	run=$RUN/runs/$id
+	action=$(cat "$run/action")
+	{
+		stop_unit "hearth-deploy-$id"
+		echo "rolling back: $(verdict "$id" | sed 's/^rollback://')"
+		undo_profile "$id"
+		case $action in
+		boot) prev=$(cat "$run/prev-profile") verb=boot ;;
+		test) prev=$(cat "$run/prev-system") verb=test ;;
+		*) prev=$(cat "$run/prev-system") verb=switch ;;
+		esac
+		if [ -n "$prev" ] && [ -x "$prev/bin/switch-to-configuration" ]; then
+			echo "activating the previous system $prev ($verb)"
+			"$prev/bin/switch-to-configuration" "$verb" </dev/null
+			code=$?
+		else
+			echo "there was no previous system to activate"
+			code=0
+		fi
+		echo "rollback finished with exit code $code"
+	} >"$run/rollback.log" 2>&1
+	put "$run/rolledback" "$code"
+}
+
+cmd_follow() {
+	id=$1
+	check_id "$id"
+	check_seconds "$2"
+	run=$RUN/runs/$id
+	[ -d "$run" ] || die "no deploy $id on this target"
+	off=$2
+	while :; do
+		ended=0
+		[ -e "$run/status" ] || [ -n "$(verdict "$id")" ] && ended=1
+		size=$(wc -c <"$run/log")
+		if [ "$size" -gt "$off" ]; then
+			tail -c +$((off + 1)) "$run/log" | head -c $((size - off))
+			off=$size
+		elif [ $ended = 1 ]; then
+			return 0
+		else
+			sleep 0.2
+		fi
+	done
+}
+
+cmd_result() {
+	check_id "$1"
+	run=$RUN/runs/$1
+	[ -d "$run" ] || die "no deploy $1 on this target"
+	echo "status=$(cat "$run/status" 2>/dev/null)"
+	echo "verdict=$(verdict "$1")"
+	echo "rolledback=$(cat "$run/rolledback" 2>/dev/null)"
+	echo "generation=$(cat "$run/generation" 2>/dev/null)"
+}
+
+cmd_confirm() {
+	check_id "$1"
+	[ -d "$RUN/runs/$1" ] || die "no deploy $1 on this target"
+	if decide "$1" confirmed || [ "$(verdict "$1")" = confirmed ]; then
+		release_lock "$1"
+		echo "verdict=confirmed"
+		return 0
+	fi
+	echo "verdict=$(verdict "$1")"
+	exit 1
+}
+
+cmd_rollback() {
+	id=$1
+	check_id "$id"
+	run=$RUN/runs/$id
+	[ -d "$run" ] || die "no deploy $id on this target"
+	decide "$id" "rollback:$2" || true
+	case $(verdict "$id") in
+	rollback*) ;;
+	*) die "deploy $id was already confirmed" ;;
+	esac
+	if unit_active "hearth-deploy-watch-$id"; then
+		# The watchdog rolls back; wait for it, as long as an activation may take.
+		limit=$(cat "$run/activation-timeout")
+		ticks=0
+		while [ ! -e "$run/rolledback" ] && [ $ticks -lt $((limit * 5 + 50)) ]; do
+			sleep 0.2
+			ticks=$((ticks + 1))
+		done
+	elif [ ! -e "$run/rolledback" ]; then
+		roll_back "$id"
+		release_lock "$id"
+	fi
+	cat "$run/rollback.log" 2>/dev/null
+	echo "rolledback=$(cat "$run/rolledback" 2>/dev/null)"
+}
+
+cmd_generations() {
+	current=$(generation)
+	for link in "$PROFILE"-*-link; do
+		[ -L "$link" ] || continue
+		n=${link#"$PROFILE"-}
+		n=${n%-link}
+		mark=""
+		[ "$n" = "$current" ] && mark="current"
+		record=""
+		[ -f "$STATE/generations/$n.json" ] && record=$(tr -d '\n' <"$STATE/generations/$n.json")
+		printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$(readlink -e "$link")" "$(stat -c %Y "$link")" "$mark" "$record"
+	done | sort -n
+}
+
+[ $# -ge 1 ] || die "usage: hearth-deploy-target COMMAND ..."
+[ "$(id -u)" = 0 ] || die "must run as root (hearth runs it through sudo for a deploy user that is not root)"
+cmd=$1
+shift
+case $cmd in
+hello) cmd_hello ;;
+missing) cmd_missing ;;
+closure) cmd_closure "$@" ;;
+realise) cmd_realise "$@" ;;
+import) cmd_import ;;
+begin) cmd_begin "$@" ;;
+activate) cmd_activate "$@" ;;
+watchdog) cmd_watchdog "$@" ;;
+follow) cmd_follow "$@" ;;
+result) cmd_result "$@" ;;
+confirm) cmd_confirm "$@" ;;
+rollback) cmd_rollback "$@" ;;
+generations) cmd_generations ;;
+*) die "unknown command '$cmd'" ;;
+esac
