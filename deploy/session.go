@@ -44,7 +44,8 @@ func (s *session) run(ctx context.Context) (res Result) {
 	}()
 	fail := func(err error) Result {
 		res.Outcome, res.Err = Failed, err
-		if s.activated {
+		var gone *unreachableError
+		if s.activated && !errors.As(err, &gone) {
 			res.Outcome, res.Err = s.rollBack(ctx, err)
 		}
 		return res
@@ -231,8 +232,13 @@ func (s *session) reconnect(ctx context.Context, deadline time.Time) error {
 		case <-time.After(time.Second):
 		}
 	}
-	return fmt.Errorf("could not reach %s again after the connection dropped (%v); its watchdog rolls back what was not confirmed", s.name, last)
+	return &unreachableError{fmt.Errorf("could not reach %s again after the connection dropped (%v): its watchdog rolls back what was not confirmed", s.name, last)}
 }
+
+// unreachableError is a target lost after its activation started: only its watchdog can act.
+type unreachableError struct{ error }
+
+func (e *unreachableError) Unwrap() error { return e.error }
 
 // confirm proves over a new connection that the target is reachable, runs the health checks, and
 // tells the watchdog the deploy stands.

@@ -228,11 +228,10 @@ func TestJobCannotReadCacheSecrets(t *testing.T) {
 	}
 }
 
-// probeSecrets runs a job in environment image (the default when empty) that builds a path and
-// leaves a probe running, which looks for the secrets (file → content) while the S3 server holds
-// the driver's push open. It returns the job log, in which the probe's findings appear.
-func probeSecrets(t *testing.T, cfg string, secrets map[string]string, image string) string {
-	t.Helper()
+// secretProbe is the end of a job's script that leaves a probe running, which looks for the
+// secrets (file → content) wherever a job can look, and an after_script that fails the job if it
+// found one. It returns those lines and the probe's log file, in the project dir.
+func secretProbe(secrets map[string]string, nonce string) (lines, probeLog string) {
 	// The probe carries the secrets only base64-encoded, and keeps their decoded form under
 	// /dev/shm, where it does not search: it finds them only where hearth would have let them be.
 	var patterns strings.Builder
@@ -241,7 +240,6 @@ func probeSecrets(t *testing.T, cfg string, secrets map[string]string, image str
 		patterns.WriteString(marker + "\n")
 		files = append(files, file)
 	}
-	nonce := fmt.Sprint("secrets-", time.Now().UnixNano())
 	loop := fmt.Sprintf(`mkdir -p /dev/shm/probe
 echo %s | base64 -d > /dev/shm/probe/patterns
 n=0
@@ -254,14 +252,24 @@ while :; do
   sleep 0.05
 done
 `, base64.StdEncoding.EncodeToString([]byte(patterns.String())), strings.Join(files, " "))
-	probeLog := "probe-" + nonce + ".log"
-	src := buildJob(nonce, 1, "") + fmt.Sprintf(`    - echo %s | base64 -d > /dev/shm/loop.sh
+	probeLog = "probe-" + nonce + ".log"
+	return fmt.Sprintf(`    - echo %s | base64 -d > /dev/shm/loop.sh
     - setsid bash /dev/shm/loop.sh > %s 2>&1 < /dev/null &
   after_script:
     - pkill -f /dev/shm/loop.sh || true
     - if grep SECRET- %s; then exit 1; fi
     - echo probe-done
-`, base64.StdEncoding.EncodeToString([]byte(loop)), probeLog, probeLog)
+`, base64.StdEncoding.EncodeToString([]byte(loop)), probeLog, probeLog), probeLog
+}
+
+// probeSecrets runs a job in environment image (the default when empty) that builds a path and
+// leaves a probe running, which looks for the secrets (file → content) while the S3 server holds
+// the driver's push open. It returns the job log, in which the probe's findings appear.
+func probeSecrets(t *testing.T, cfg string, secrets map[string]string, image string) string {
+	t.Helper()
+	nonce := fmt.Sprint("secrets-", time.Now().UnixNano())
+	probe, probeLog := secretProbe(secrets, nonce)
+	src := buildJob(nonce, 1, "") + probe
 	if image != "" {
 		src += "  image: " + image + "\n"
 	}

@@ -23,43 +23,6 @@ import (
 // store and sshd. The system's switch-to-configuration records each activation on the target and
 // does what its mode says.
 
-// stc is the stand-in switch-to-configuration for a mode: ok, exit4, exit2, hang, slow, cutnet.
-func stc(mode string) string {
-	end := map[string]string{
-		"ok":     "exit 0",
-		"slow":   "sleep 3; exit 0",
-		"exit4":  "echo 'warning: the following units failed: nginx.service'; exit 4",
-		"exit2":  "echo \"Activation script snippet 'users' failed (1)\"; exit 2",
-		"hang":   "exec sleep 3600",
-		"cutnet": "ip link set eth0 down; exit 0",
-	}[mode]
-	return `#!/bin/sh
-top=${0%/bin/switch-to-configuration}
-echo "$(date +%s.%N) $top $1" >> /var/log/hearth-test-activations
-echo "stand-in activation of $top ($1)"
-[ "$1" = boot ] && exit 0
-ln -sfn "$top" /run/current-system
-` + end + "\n"
-}
-
-// nixString quotes s as a Nix string.
-func nixString(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`).Replace(s) + `"`
-}
-
-// systemExpr is a Nix expression for a stand-in NixOS system named for nonce: a toplevel with
-// nixos-version and bin/switch-to-configuration, referring to an etc path of its own.
-func systemExpr(nonce, mode string) string {
-	return fmt.Sprintf(`let tools = builtins.storePath %q;
-  etc = derivation { name = "etc-%s"; system = "x86_64-linux"; builder = "${tools}/bin/bash"; PATH = "${tools}/bin"; args = [ "-c" "mkdir -p $out; echo %s > $out/motd" ]; };
-in derivation {
-  name = "nixos-system-%s"; system = "x86_64-linux"; builder = "${tools}/bin/bash"; PATH = "${tools}/bin";
-  inherit etc; stc = %s;
-  args = [ "-c" "mkdir -p $out/bin; echo 26.05.%s > $out/nixos-version; ln -s $etc $out/etc; printf '%%s' \"$stc\" > $out/bin/switch-to-configuration; chmod +x $out/bin/switch-to-configuration" ];
-}
-`, parts.Tools, nonce, nonce, nonce, nixString(stc(mode)), nonce)
-}
-
 // fleet is a test's targets, the cache they pull from and a config naming them.
 type fleet struct {
 	*sshtarget.Fleet
@@ -127,7 +90,13 @@ func startFleet(t *testing.T, n int) *fleet {
 // with extra lines from target (by name) and [deploy] lines from deploy.
 func (f *fleet) config(t *testing.T, cache, deploy string, target func(name string) string) string {
 	t.Helper()
-	tables := fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n\n[deploy]\nconfirm_timeout = \"5s\"\nactivation_timeout = \"20s\"\ngc_roots_dir = %q\n%s\n", f.cacheDir, f.key, f.gcRoots, deploy)
+	// Short timeouts, unless the test sets its own.
+	for _, d := range []string{`confirm_timeout = "5s"`, `activation_timeout = "20s"`} {
+		if key, _, _ := strings.Cut(d, " "); !strings.Contains(deploy, key+" =") {
+			deploy += "\n" + d
+		}
+	}
+	tables := fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n\n[deploy]\ngc_roots_dir = %q\n%s\n", f.cacheDir, f.key, f.gcRoots, deploy)
 	for _, tg := range f.Targets() {
 		extra := ""
 		if target != nil {
@@ -144,7 +113,7 @@ func deployJobSrc(nonce string, systems map[string]string, extra string) string 
 	var b strings.Builder
 	b.WriteString("deploy:\n  script:\n    - mkdir -p .hearth/deploy\n")
 	for _, name := range sortedKeys(systems) {
-		fmt.Fprintf(&b, "    - |\n      cat > %s.nix <<'EOF'\n%s      EOF\n    - nix-build -o .hearth/deploy/%s %s.nix\n", name, indent(strings.TrimRight(systemExpr(nonce+"-"+name, systems[name]), "\n"), "      ")+"\n", name, name)
+		fmt.Fprintf(&b, "    - |\n      cat > %s.nix <<'EOF'\n%s      EOF\n    - nix-build -o .hearth/deploy/%s %s.nix\n", name, indent(strings.TrimRight(parts.SystemExpr(nonce+"-"+name, systems[name]), "\n"), "      ")+"\n", name, name)
 	}
 	b.WriteString(extra)
 	return b.String()
@@ -178,15 +147,11 @@ func protectedJob(t *testing.T, cfg, src string, protected bool) (runner.Result,
 // hostSystem builds a stand-in system on the host, as root through the test's daemon.
 func hostSystem(t *testing.T, nonce, mode string) string {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "system.nix")
-	if err := os.WriteFile(f, []byte(systemExpr(nonce, mode)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := daemonOf(t).Nix("nix-build", "--no-out-link", f)
+	sys, err := daemonOf(t).BuildSystem(nonce, mode)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(out)
+	return sys
 }
 
 // hearthDeploy runs the hearth deploy command.
@@ -383,5 +348,341 @@ func TestDeployActivationFailures(t *testing.T) {
 				t.Fatalf("after the rollback %+v, before %+v", after, before)
 			}
 		})
+	}
+}
+
+// untouched checks that nothing of hearth's ever ran on a target.
+func untouched(t *testing.T, tg *sshtarget.Target) {
+	t.Helper()
+	out, err := tg.Run("ls /var/lib/hearth-deploy /run/hearth-deploy 2>&1; cat /var/log/hearth-test-activations 2>&1; readlink /nix/var/nix/profiles/system || true")
+	if err != nil || strings.Contains(out, "nixos-system") || strings.Contains(out, "bin") || strings.Contains(out, "system-") {
+		t.Fatalf("%s was touched: %v\n%s", tg.Name, err, out)
+	}
+}
+
+// Refused requests fail the job with the deploy exit code, follow nothing, and leave the target
+// untouched.
+func TestDeployRefusedOnRealParts(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "", nil)
+	other := f.config(t, "", "", func(string) string { return "" })
+	// The same target, admitting another project only.
+	b, _ := os.ReadFile(other)
+	os.WriteFile(other, []byte(strings.Replace(string(b), `projects = ["7"]`, `projects = ["99", "group/other"]`, 1)), 0o600)
+	identity, err := os.ReadFile(f.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A directory on the host holding a valid request: reached only through a symlink.
+	hostDir := t.TempDir()
+	if err := os.Symlink(hostSystem(t, fmt.Sprint("host-", time.Now().UnixNano()), "ok"), filepath.Join(hostDir, "t1")); err != nil {
+		t.Fatal(err)
+	}
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	for _, tc := range []struct {
+		name, cfg, src string
+		protected      bool
+		want           string
+	}{
+		{"unprotected, whatever the variables say", cfg,
+			deployJobSrc(nonce, map[string]string{"t1": "ok"}, "  variables:\n    CI_COMMIT_REF_PROTECTED: \"true\"\n"), false,
+			`ref "main" is not protected`},
+		{"project not allowed", other, deployJobSrc(nonce, map[string]string{"t1": "ok"}, ""), true,
+			"project group/project (7) is not in its projects"},
+		{"link to a host file", cfg, "deploy:\n  script:\n    - mkdir -p .hearth/deploy\n    - ln -s " + f.Identity + " .hearth/deploy/t1\n", true,
+			`"` + f.Identity + `" is not a store path`},
+		{"a store path that is no system", cfg, "deploy:\n  script:\n    - mkdir -p .hearth/deploy\n    - ln -s " + parts.Tools + " .hearth/deploy/t1\n", true,
+			parts.Tools + " is not a NixOS system: it has no nixos-version"},
+		{"request dir is a symlink", cfg, "deploy:\n  script:\n    - rm -rf .hearth/deploy; mkdir -p .hearth\n    - ln -s " + hostDir + " .hearth/deploy\n", true,
+			".hearth/deploy is a symlink, or is under one"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, log := protectedJob(t, tc.cfg, tc.src, tc.protected)
+			if res.FailureReason != "script_failure" || res.ExitCode != 3 {
+				t.Fatalf("job: %v (%s, exit code %d), want a script failure with exit code 3\n%s", res.Err, res.FailureReason, res.ExitCode, log)
+			}
+			mustContain(t, log, tc.want, "nothing was deployed")
+			if strings.Contains(log, strings.TrimSpace(string(identity))[40:80]) {
+				t.Fatalf("the job log holds the identity's content")
+			}
+			untouched(t, tg)
+		})
+	}
+}
+
+// An unknown host key and a changed one are refused with a sentence, before anything runs there.
+func TestDeployHostKeyPinned(t *testing.T) {
+	f := startFleet(t, 2)
+	t1, t2 := f.Targets()[0], f.Targets()[1]
+	sys := hostSystem(t, fmt.Sprint("keys-", time.Now().UnixNano()), "ok")
+	empty := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(empty, nil, 0o600)
+	// t2's key, pinned for t1's address: what an impostor at that address would present.
+	changed := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(changed, []byte(strings.Replace(t2.HostKeyLine, t2.Addr, t1.Addr, 1)+"\n"), 0o600)
+	for _, tc := range []struct{ name, file, want string }{
+		{"unknown", empty, "is not pinned in " + empty + ": after checking that fingerprint"},
+		{"changed", changed, "has changed: it presents ssh-ed25519 SHA256:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := f.config(t, "", "", nil)
+			b, _ := os.ReadFile(cfg)
+			os.WriteFile(cfg, []byte(strings.Replace(string(b), t1.KnownHosts, tc.file, 1)), 0o600)
+			out, err := hearthDeploy(t, cfg, "t1="+sys)
+			if err == nil {
+				t.Fatalf("deployed with a %s host key:\n%s", tc.name, out)
+			}
+			mustContain(t, out, "t1: failed: the host key of t1 ("+t1.Addr+":22", tc.want)
+			untouched(t, t1)
+		})
+	}
+}
+
+// The target's network goes down during the activation and stays down past confirm_timeout:
+// hearth cannot confirm, and the watchdog on the target restores the previous generation by itself.
+func TestDeployNetworkCutWatchdogRollsBack(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "activation_timeout = \"5s\"\nconfirm_timeout = \"3s\"", nil)
+	f.base(t, cfg)
+	before := stateOf(t, tg)
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	_, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
+	activating(t, tg, nonce)
+	if err := tg.CutNetwork(); err != nil {
+		t.Fatal(err)
+	}
+	res, log := wait()
+	if res.FailureReason != "script_failure" || res.ExitCode != 3 {
+		t.Fatalf("job: %v (%s, %d)\n%s", res.Err, res.FailureReason, res.ExitCode, log)
+	}
+	mustContain(t, log, "the connection dropped during the activation", "its watchdog rolls back")
+	if err := tg.RestoreNetwork(); err != nil {
+		t.Fatal(err)
+	}
+	sys := systemIn(log, nonce, "t1")
+	if !strings.Contains(activations(t, tg), sys+" switch") {
+		t.Fatalf("%s was not activated", sys)
+	}
+	waitFor(t, "the watchdog's rollback", 20*time.Second, func() bool { return stateOf(t, tg) == before })
+	out, _ := tg.Run("cat /run/hearth-deploy/runs/*/rollback.log")
+	if !strings.Contains(out, "no confirmation came within 3s") {
+		t.Fatalf("rollback log:\n%s", out)
+	}
+}
+
+// startJob runs a job in the background; wait returns its result and log.
+func startJob(t *testing.T, cfg, src string) (r *runner.Runner, wait func() (runner.Result, string)) {
+	t.Helper()
+	log := &syncBuffer{}
+	opts := jobOptions(t, cfg, src, "deploy", log)
+	opts.Protected = true
+	r = runner.New(opts)
+	done := make(chan runner.Result, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	finished := false
+	t.Cleanup(func() {
+		if !finished {
+			r.Abort()
+			<-done
+		}
+	})
+	return r, func() (runner.Result, string) {
+		res := <-done
+		finished = true
+		return res, log.String()
+	}
+}
+
+// activating waits until the target has started activating a system of nonce's.
+func activating(t *testing.T, tg *sshtarget.Target, nonce string) {
+	t.Helper()
+	waitFor(t, "the activation on "+tg.Name, 60*time.Second, func() bool {
+		return strings.Contains(activations(t, tg), "-nixos-system-"+nonce)
+	})
+}
+
+// The driver killed mid-activation: nobody confirms, so the watchdog rolls back, and hearth gc
+// removes the lock and the GC root the dead driver left.
+func TestDeployDriverKilled(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "", nil)
+	f.base(t, cfg)
+	before := stateOf(t, tg)
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	_, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
+	activating(t, tg, nonce)
+	if out, err := exec.Command("pkill", "-KILL", "-f", cfg+" driver run").CombinedOutput(); err != nil {
+		t.Fatalf("kill the driver: %v %s", err, out)
+	}
+	res, log := wait()
+	if res.State == "success" {
+		t.Fatalf("the job succeeded:\n%s", log)
+	}
+	if _, err := os.Lstat(filepath.Join(f.gcRoots, "t1")); err != nil {
+		t.Fatalf("the killed deploy left no GC root (%v): the test proves nothing", err)
+	}
+	waitFor(t, "the watchdog's rollback", 30*time.Second, func() bool { return stateOf(t, tg) == before })
+	sys := systemIn(log, nonce, "t1")
+	if !strings.Contains(activations(t, tg), sys+" switch") {
+		t.Fatalf("%s was never activated", sys)
+	}
+	out, err := exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("gc: %v\n%s", err, out)
+	}
+	locks, _ := filepath.Glob(filepath.Join(parts.StateDir(), "deploy", "*"))
+	roots, _ := filepath.Glob(filepath.Join(f.gcRoots, "*"))
+	if len(locks)+len(roots) != 0 || !strings.Contains(string(out), "removed the GC root of an ended deploy to t1") {
+		t.Fatalf("after gc: locks %v, roots %v\n%s", locks, roots, out)
+	}
+	// The target's own lock is free: the next deploy goes ahead.
+	if out, err := hearthDeploy(t, cfg, "t1="+sys); err != nil {
+		t.Fatalf("deploy after the kill: %v\n%s", err, out)
+	}
+}
+
+// A cancelled job stops its deploy within gitlab-runner's 10 s and rolls back what it activated.
+func TestDeployCancelled(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "", nil)
+	f.base(t, cfg)
+	before := stateOf(t, tg)
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	r, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
+	activating(t, tg, nonce)
+	start := time.Now()
+	r.Interrupt()
+	res, log := wait()
+	took := time.Since(start)
+	if res.FailureReason != "job_canceled" || took > 10*time.Second {
+		t.Fatalf("job: %s after %s\n%s", res.FailureReason, took, log)
+	}
+	mustContain(t, log, "cancelled: asking t1 to roll back now")
+	waitFor(t, "the rollback", 20*time.Second, func() bool { return stateOf(t, tg) == before })
+	t.Logf("the cancelled job ended %s after the cancel", took)
+}
+
+// With a canary, the canary goes first and alone; when it fails, the others are not started.
+// Without one, targets deploy at once.
+func TestDeployFleet(t *testing.T) {
+	f := startFleet(t, 4)
+	tgs := f.Targets()
+	t.Run("canary fails", func(t *testing.T) {
+		cfg := f.config(t, "", "", func(name string) string {
+			if name == "t1" {
+				return "canary = true"
+			}
+			return ""
+		})
+		nonce := fmt.Sprint(time.Now().UnixNano())
+		res, log := protectedJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "exit2", "t2": "ok", "t3": "ok", "t4": "ok"}, ""), true)
+		if res.ExitCode != 3 {
+			t.Fatalf("job: %v\n%s", res.Err, log)
+		}
+		mustContain(t, log, "[t1] canary: deploying here first, alone", "t1: rolled back", "t2: not started: an earlier target failed",
+			"t3: not started", "t4: not started")
+		for _, tg := range tgs[1:] {
+			untouched(t, tg)
+		}
+	})
+	t.Run("parallel", func(t *testing.T) {
+		cfg := f.config(t, "", "", nil)
+		nonce := fmt.Sprint(time.Now().UnixNano())
+		res, log := protectedJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow", "t2": "slow", "t3": "slow", "t4": "slow"}, ""), true)
+		if res.Err != nil {
+			t.Fatalf("job: %v\n%s", res.Err, log)
+		}
+		var first, last float64
+		for i, tg := range tgs {
+			sys := systemIn(log, nonce, tg.Name)
+			if s := stateOf(t, tg); s.current != sys {
+				t.Fatalf("%s runs %+v, want %s", tg.Name, s, sys)
+			}
+			var at float64
+			fmt.Sscan(strings.Fields(activations(t, tg))[0], &at)
+			if i == 0 || at < first {
+				first = at
+			}
+			if at > last {
+				last = at
+			}
+		}
+		// Each activation takes 3 s: one after the other, the last would start 9 s after the first.
+		if last-first > 2.5 {
+			t.Fatalf("the activations started %.1f s apart: not in parallel", last-first)
+		}
+	})
+}
+
+// The deploy identity is read by hearth on the host, and appears nowhere inside the job's
+// container while it deploys.
+func TestDeployIdentityStaysOnHost(t *testing.T) {
+	f := startFleet(t, 1)
+	cfg := f.config(t, "", "", nil)
+	key, err := os.ReadFile(f.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(key)), "\n")
+	nonce := fmt.Sprint("identity-", time.Now().UnixNano())
+	probe, probeLog := secretProbe(map[string]string{f.Identity: lines[1]}, nonce)
+	res, log := protectedJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, probe), true)
+	if res.Err != nil || !strings.Contains(log, "t1: deployed") || !strings.Contains(log, "\nprobe-done") {
+		t.Fatalf("job: %v\n%s", res.Err, log)
+	}
+	logs, _ := filepath.Glob(filepath.Join(parts.BuildsRoot(), "*", "7-protected", "*", "group", "project", probeLog))
+	if len(logs) != 1 {
+		t.Fatalf("probe logs: %v", logs)
+	}
+	b, _ := os.ReadFile(logs[0])
+	// The probe was looking while the deploy ran (the activation takes 3 s).
+	if n := strings.Count(string(b), "iteration"); n < 20 || strings.Contains(string(b), "SECRET-") {
+		t.Fatalf("probe (%d iterations):\n%s", n, b)
+	}
+}
+
+// hearth deploy --dry-run changes nothing; --rollback goes back to the previous generation; status
+// shows where each came from; config check names a missing known-hosts file.
+func TestDeployCommand(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "", nil)
+	base := f.base(t, cfg)
+	sys := hostSystem(t, fmt.Sprint("cmd-", time.Now().UnixNano()), "ok")
+	out, err := hearthDeploy(t, cfg, "--dry-run", "t1="+sys)
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	mustContain(t, out, "[t1] closure: 2 paths added", "dry run: nothing was changed")
+	if s := stateOf(t, tg); s.current != base || strings.Contains(activations(t, tg), sys) {
+		t.Fatalf("the dry run changed %+v", s)
+	}
+	if out, err := hearthDeploy(t, cfg, "t1="+sys); err != nil {
+		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	out, err = hearthDeploy(t, cfg, "--rollback", "t1")
+	if err != nil {
+		t.Fatalf("rollback: %v\n%s", err, out)
+	}
+	mustContain(t, out, "rolling back to generation 1 ("+base+")", "t1: deployed generation 3")
+	if s := stateOf(t, tg); s.current != base || s.profile != base {
+		t.Fatalf("after --rollback %+v, want %s", s, base)
+	}
+	out, err = hearthDeploy(t, cfg, "status", "t1")
+	if err != nil || !regexp.MustCompile(`\* generation 3 .*\n.*rolling back to generation 1`).MatchString(out) {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+
+	b, _ := os.ReadFile(cfg)
+	missing := filepath.Join(t.TempDir(), "nowhere")
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte(strings.Replace(string(b), tg.KnownHosts, missing, 1)), 0o600)
+	check, err := exec.Command(parts.Hearth, "config", "check", bad).CombinedOutput()
+	if err == nil || !regexp.MustCompile(`deploy\.targets\.t1\.known_hosts_file = "`+regexp.QuoteMeta(missing)+`" does not exist`).Match(check) {
+		t.Fatalf("config check: %v\n%s", err, check)
 	}
 }
