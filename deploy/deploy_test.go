@@ -131,3 +131,14 @@ func mustLook(t *testing.T, name string) string {
 	}
 	return p
 }
+
+func TestParseRealise(t *testing.T) {
+	out := "missing:\n/nix/store/aaaa-system\n/nix/store/bbbb-etc\nstill-missing:\n/nix/store/bbbb-etc\nnix: these 2 paths will be fetched\nnix: error: don't know how to build these paths:\n"
+	missing, still, why := parseRealise(out)
+	if len(missing) != 2 || !missing["/nix/store/aaaa-system"] || len(still) != 1 || !still["/nix/store/bbbb-etc"] || why != "error: don't know how to build these paths:" {
+		t.Fatalf("missing %v, still %v, why %q", missing, still, why)
+	}
+	if missing, still, _ := parseRealise("missing:\n"); len(missing)+len(still) != 0 {
+		t.Fatalf("nothing missing read as %v, %v", missing, still)
+	}
+}

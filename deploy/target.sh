@@ -6,7 +6,9 @@
 #   hello                       facts: protocol, systemd, current system, profile, generation, lock
 #   missing                     which of the store paths on stdin are not valid here
 #   closure PATH                `nix path-info --json --recursive PATH`
-#   realise PATH [SUBST [KEYS]] substitute PATH's closure, with extra substituters and keys
+#   realise PATH [SUBST [KEYS]] substitute what PATH's closure (on stdin) lacks here, with extra
+#                               substituters and keys: prints the paths missing before (after
+#                               "missing:") and after (after "still-missing:"), and Nix's last words
 #   import                      `nix-store --import` of the export stream on stdin
 #   begin ID ACTION PATH CONFIRM_S ACTIVATION_S
 #                               take the target's deploy lock, record the previous generation and
@@ -136,7 +138,6 @@ cmd_hello() {
 	echo "profile=$(readlink -e "$PROFILE" 2>/dev/null)"
 	echo "generation=$(generation)"
 	echo "lock=$(readlink "$RUN/lock" 2>/dev/null)"
-	echo "nix=$(nix-store --version 2>/dev/null)"
 }
 
 cmd_missing() {
@@ -148,16 +149,32 @@ cmd_closure() {
 	nix --extra-experimental-features nix-command path-info --json --recursive "$1"
 }
 
+# One round trip for the whole pull: what is missing, the substitution, what is still missing.
 cmd_realise() {
 	check_path "$1"
 	set -- "$1" "${2:-}" "${3:-}"
-	if [ -n "$2" ] && [ -n "$3" ]; then
-		nix-store --realise "$1" --option extra-substituters "$2" --option extra-trusted-public-keys "$3"
-	elif [ -n "$2" ]; then
-		nix-store --realise "$1" --option extra-substituters "$2"
-	else
-		nix-store --realise "$1"
+	list=$(mktemp)
+	cat >"$list"
+	missing=$(xargs -r nix-store --check-validity --print-invalid <"$list")
+	echo "missing:"
+	if [ -n "$missing" ]; then
+		printf '%s\n' "$missing"
+		ok=0
+		if [ -n "$2" ] && [ -n "$3" ]; then
+			nix-store --realise "$1" --option extra-substituters "$2" --option extra-trusted-public-keys "$3"
+		elif [ -n "$2" ]; then
+			nix-store --realise "$1" --option extra-substituters "$2"
+		else
+			nix-store --realise "$1"
+		fi >/dev/null 2>"$list.log" || ok=$?
+		echo "still-missing:"
+		# A realise that succeeded made the whole closure valid.
+		if [ "$ok" != 0 ]; then
+			printf '%s\n' "$missing" | xargs -r nix-store --check-validity --print-invalid
+			tail -n 5 "$list.log" | sed 's/^/nix: /'
+		fi
 	fi
+	rm -f "$list" "$list.log"
 }
 
 cmd_import() {

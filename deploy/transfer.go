@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hearth-ci/hearth/bytesize"
+	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/nar"
 	"github.com/hearth-ci/hearth/nixstore"
 )
@@ -49,41 +50,75 @@ func narBytes(infos []nixstore.PathInfo) int64 {
 // transfer makes the closure valid on the target: pulled from the target's substituters when the
 // target is set to pull, and whatever is still missing then sent over the SSH connection.
 func (s *session) transfer(ctx context.Context, closure []nixstore.PathInfo) error {
-	todo, err := s.missing(ctx, closure)
-	if err != nil {
-		return err
-	}
-	if len(todo) == 0 {
-		s.log("all %d paths of the closure are already on %s", len(closure), s.name)
-		return nil
-	}
-	if s.t.Transfer == "pull" {
-		start := time.Now()
-		out, rerr := s.c.output(ctx, s.w.command("realise", s.path, strings.Join(s.t.Substituters, " "), strings.Join(s.t.TrustedPublicKeys, " ")), nil)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		left, err := s.missing(ctx, todo)
+	if s.t.Transfer != "pull" {
+		todo, err := s.missing(ctx, closure)
 		if err != nil {
 			return err
 		}
-		pulled := len(todo) - len(left)
-		if pulled > 0 {
-			took := time.Since(start)
-			s.log("pulled %d paths (%s) from the target's substituters in %s (%s)", pulled, bytesize.Format(narBytes(todo)-narBytes(left)),
-				took.Round(time.Millisecond), bytesize.Rate(narBytes(todo)-narBytes(left), took))
-		}
-		if len(left) == 0 {
+		if len(todo) == 0 {
+			s.log("all %d paths of the closure are already on %s", len(closure), s.name)
 			return nil
 		}
-		why := "it found no substitute"
-		if rerr != nil {
-			why = lastLine(out + "\n" + rerr.Error())
-		}
-		s.log("%s could not pull %d paths (%s): sending them over SSH", s.name, len(left), why)
-		todo = left
+		return s.send(ctx, todo)
 	}
-	return s.send(ctx, todo)
+	var list strings.Builder
+	for _, in := range closure {
+		list.WriteString(in.Path + "\n")
+	}
+	start := time.Now()
+	out, err := s.c.output(ctx, s.w.command("realise", s.path, strings.Join(s.t.Substituters, " "), strings.Join(s.t.TrustedPublicKeys, " ")), strings.NewReader(list.String()))
+	if err != nil {
+		return fmt.Errorf("pull on %s: %w", s.name, err)
+	}
+	missing, still, why := parseRealise(out)
+	if len(missing) == 0 {
+		s.log("all %d paths of the closure are already on %s", len(closure), s.name)
+		return nil
+	}
+	var pulled, left []nixstore.PathInfo
+	for _, in := range closure {
+		switch {
+		case still[in.Path]:
+			left = append(left, in)
+		case missing[in.Path]:
+			pulled = append(pulled, in)
+		}
+	}
+	if len(pulled) > 0 {
+		took := time.Since(start)
+		s.log("pulled %d paths (%s) from the target's substituters in %s (%s)", len(pulled), bytesize.Format(narBytes(pulled)),
+			took.Round(time.Millisecond), bytesize.Rate(narBytes(pulled), took))
+	}
+	if len(left) == 0 {
+		return nil
+	}
+	if why == "" {
+		why = "it found no substitute"
+	}
+	s.log("%s could not pull %d paths (%s): sending them over SSH", s.name, len(left), why)
+	return s.send(ctx, left)
+}
+
+// parseRealise reads what the realise command printed: the paths missing before the pull, those
+// still missing after it, and the last thing Nix said.
+func parseRealise(out string) (missing, still map[string]bool, why string) {
+	missing, still = map[string]bool{}, map[string]bool{}
+	var into map[string]bool
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case line == "missing:":
+			into = missing
+		case line == "still-missing:":
+			into = still
+		case strings.HasPrefix(line, "nix: "):
+			if l := strings.TrimSpace(strings.TrimPrefix(line, "nix: ")); l != "" {
+				why = firstLine(l)
+			}
+		case into != nil && strings.HasPrefix(line, nix.StoreDir+"/"):
+			into[strings.TrimSpace(line)] = true
+		}
+	}
+	return missing, still, why
 }
 
 func lastLine(s string) string {

@@ -3,5 +3,5 @@
 # to a floor measured in the same run. Results go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HEARTH_NEED_S3=1 source scripts/setup.sh
+HEARTH_NEED_S3=1 HEARTH_NEED_TARGETS=1 source scripts/setup.sh
 exec go run ./internal/tools/bench "$@"

@@ -65,10 +65,11 @@ func runDeploy(c *cli.Context) error {
 	d := deploy.New(cfg)
 	d.Action, d.DryRun = c.String("action"), c.Bool("dry-run")
 	var mu sync.Mutex
+	start := time.Now()
 	d.Log = func(target, line string) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(c.App.Writer, "[%s] %s\n", target, line)
+		fmt.Fprintf(c.App.Writer, "%6.2fs [%s] %s\n", time.Since(start).Seconds(), target, line)
 	}
 	by := "hearth deploy"
 	if u, err := user.Current(); err == nil {

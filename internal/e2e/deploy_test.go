@@ -3,14 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,16 +24,12 @@ import (
 type fleet struct {
 	*sshtarget.Fleet
 	cacheDir, key, pub, gcRoots string
-	// requests are the paths the cache server was asked for.
-	mu       sync.Mutex
-	requests []string
+	cache                       *sshtarget.Served
 }
 
 func (f *fleet) requested(suffix string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	n := 0
-	for _, r := range f.requests {
+	for _, r := range f.cache.Requests() {
 		if strings.HasSuffix(r, suffix) {
 			n++
 		}
@@ -63,21 +56,11 @@ func startFleet(t *testing.T, n int) *fleet {
 	t.Cleanup(func() { os.RemoveAll(f.gcRoots) })
 	key, pub := keyPair(t, "team-deploy")
 	f.key, f.pub = key, pub
-	files := http.FileServer(http.Dir(f.cacheDir))
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		f.requests = append(f.requests, r.URL.Path)
-		f.mu.Unlock()
-		files.ServeHTTP(w, r)
-	})
+	if f.cache, err = sf.ServeDir(f.cacheDir, 8080); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.cache.Close)
 	for _, tg := range sf.Targets() {
-		l, err := net.Listen("tcp", net.JoinHostPort(tg.HostAddr, "8080"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: handler}
-		go srv.Serve(l)
-		t.Cleanup(func() { srv.Close() })
 		// Nothing but the test's cache: the targets have no other network.
 		if err := tg.WriteFile("/etc/nix/nix.conf", []byte("build-users-group =\nsandbox = false\nsubstituters =\n"), 0o644); err != nil {
 			t.Fatal(err)
@@ -247,7 +230,7 @@ func TestDeployFromCache(t *testing.T) {
 	}
 	// From the cache: the target asked the cache for the system and its etc, and nothing was sent.
 	if f.requested(".narinfo") < 2 || f.requested(".nar.zst") < 2 {
-		t.Fatalf("the cache served %v", f.requests)
+		t.Fatalf("the cache served %v", f.cache.Requests())
 	}
 	mustContain(t, log, "[t1] pulled 2 paths", "[t1] closure: 2 paths added", "removed", "reached t1 over a new connection",
 		"confirmed: the watchdog is disarmed", "t1: deployed generation 2 ("+sys+")")
@@ -310,17 +293,18 @@ func TestDeployActivationFailures(t *testing.T) {
 	f := startFleet(t, 1)
 	tg := f.Targets()[0]
 	for _, tc := range []struct {
-		name, mode, unitFailure, health string
-		keep                            bool
-		want                            []string
+		name, mode, deploy, health string
+		keep                       bool
+		want                       []string
 	}{
 		{name: "exit 2", mode: "exit2", want: []string{"failed with exit code 2", "t1: rolled back"}},
 		{name: "exit 4", mode: "exit4", want: []string{"exited 4: some units failed", "t1: rolled back"}},
-		{name: "exit 4 kept", mode: "exit4", unitFailure: `on_unit_failure = "keep"`, keep: true, want: []string{"kept, as [deploy] on_unit_failure", "t1: deployed generation"}},
+		{name: "exit 4 kept", mode: "exit4", deploy: `on_unit_failure = "keep"`, keep: true, want: []string{"kept, as [deploy] on_unit_failure", "t1: deployed generation"}},
+		{name: "hangs", mode: "hang", deploy: `activation_timeout = "4s"`, want: []string{"the watchdog on t1 rolled back: the activation did not end within 4s", "t1: rolled back"}},
 		{name: "health check fails", mode: "ok", health: "health_checks = [{ command = \"test -e /etc/healthy\" }]\nhealth_timeout = \"3s\"\n", want: []string{"health check `test -e /etc/healthy` on t1 failed", "t1: rolled back"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := f.config(t, "", tc.unitFailure, func(string) string { return tc.health })
+			cfg := f.config(t, "", tc.deploy, func(string) string { return tc.health })
 			before := stateOf(t, tg)
 			if before.current == "" {
 				f.base(t, cfg)

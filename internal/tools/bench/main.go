@@ -3,7 +3,10 @@
 //
 //   - the whole-job wall time of a job with trivial stages, driven the way gitlab-runner drives the
 //     driver, against `ctr run --rm` of the same environment running true;
-//   - the time of a second build of a derivation that takes 5 s, against the first.
+//   - the time of a second build of a derivation that takes 5 s, against the first;
+//   - the cache's pushes, against nix copy (cache.go);
+//   - deploys to four SSH targets against one, a no-op deploy, and moving a closure over 200 MiB
+//     to a target by pulling and by hearth's push, against nix copy --to ssh:// (deploy.go).
 package main
 
 import (
@@ -27,9 +30,11 @@ func main() {
 	runs := flag.Int("runs", 9, "runs of each job measurement; medians are reported")
 	builds := flag.Int("builds", 3, "first/second build pairs")
 	cacheRuns := flag.Int("cache-runs", 3, "runs of each cache measurement")
-	only := flag.String("only", "", `"job" or "cache": run only those benchmarks`)
+	deployRuns := flag.Int("deploy-runs", 5, "runs of each deploy measurement")
+	bigRuns := flag.Int("big-runs", 3, "runs of the 200 MiB transfer measurement")
+	only := flag.String("only", "", `"job", "cache" or "deploy": run only those benchmarks`)
 	flag.Parse()
-	if err := run(*runs, *builds, *cacheRuns, *only); err != nil {
+	if err := run(*runs, *builds, *cacheRuns, *deployRuns, *bigRuns, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -43,19 +48,24 @@ func median(ds []time.Duration) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
-func run(runs, builds, cacheRuns int, only string) error {
+func run(runs, builds, cacheRuns, deployRuns, bigRuns int, only string) error {
 	parts, err := testenv.Start(testenv.Options{})
 	if err != nil {
 		return err
 	}
 	defer parts.Stop()
-	if only != "cache" {
+	if only == "" || only == "job" {
 		if err := benchJob(parts, runs, builds); err != nil {
 			return err
 		}
 	}
-	if only != "job" {
-		return benchCache(parts, cacheRuns)
+	if only == "" || only == "cache" {
+		if err := benchCache(parts, cacheRuns); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "deploy" {
+		return benchDeploy(parts, deployRuns, bigRuns)
 	}
 	return nil
 }
