@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,6 +93,9 @@ type Deployer struct {
 	Action string
 	// DryRun connects, inspects and summarises, and changes nothing.
 	DryRun bool
+	// OnTarget says the systems are already on their targets (an earlier generation, for a
+	// rollback) and may be gone from this host's store: nothing is read here or transferred.
+	OnTarget bool
 }
 
 // New returns the deployer of a host's config: its targets, its Nix daemon, and its per-target
@@ -110,6 +114,14 @@ func (d *Deployer) Run(ctx context.Context, reqs []Request) []Result {
 	for i, r := range reqs {
 		results[i] = Result{Target: r.Target, Path: r.Path, Outcome: NotStarted}
 	}
+	release, err := d.holdSystems(reqs)
+	if err != nil {
+		for i := range results {
+			results[i].Outcome, results[i].Err = Failed, err
+		}
+		return results
+	}
+	defer release()
 	var failed sync.Once
 	stop := make(chan struct{})
 	one := func(i int) {
@@ -174,12 +186,6 @@ func (d *Deployer) deploy(ctx context.Context, req Request) Result {
 		return res
 	}
 	defer release()
-	unroot, err := d.gcRoot(req.Target, req.Path)
-	if err != nil {
-		res.Outcome, res.Err = Failed, err
-		return res
-	}
-	defer unroot()
 	s := &session{d: d, t: t, name: req.Target, path: req.Path, action: t.Action}
 	if d.Action != "" {
 		s.action = d.Action
@@ -190,12 +196,8 @@ func (d *Deployer) deploy(ctx context.Context, req Request) Result {
 // lockTarget takes this host's lock for a target, saying so when another deploy holds it.
 func (d *Deployer) lockTarget(ctx context.Context, target string) (func(), error) {
 	path := filepath.Join(d.LockDir, target+".lock")
-	// The state dir above is the jobs' too: job containers must be able to traverse it.
-	if err := os.MkdirAll(filepath.Dir(d.LockDir), 0o755); err != nil {
-		return nil, fmt.Errorf("make the state dir: %w", err)
-	}
-	if err := os.MkdirAll(d.LockDir, 0o700); err != nil {
-		return nil, fmt.Errorf("make the deploy lock dir: %w", err)
+	if err := d.makeLockDir(); err != nil {
+		return nil, err
 	}
 	said := false
 	start := time.Now()
@@ -227,6 +229,18 @@ func (d *Deployer) lockTarget(ctx context.Context, target string) (func(), error
 	}
 }
 
+// makeLockDir makes the lock dir. The state dir above it is the jobs' too, which job containers
+// must be able to traverse: it is not made private here.
+func (d *Deployer) makeLockDir() error {
+	if err := os.MkdirAll(filepath.Dir(d.LockDir), 0o755); err != nil {
+		return fmt.Errorf("make the state dir: %w", err)
+	}
+	if err := os.MkdirAll(d.LockDir, 0o700); err != nil {
+		return fmt.Errorf("make the deploy lock dir: %w", err)
+	}
+	return nil
+}
+
 // same reports whether f is still the file at path.
 func same(f *os.File, path string) bool {
 	a, err := f.Stat()
@@ -237,60 +251,85 @@ func same(f *os.File, path string) bool {
 	return err == nil && os.SameFile(a, b)
 }
 
-// gcRoot keeps path alive in this host's store while it is deployed: a job's builds dir, where its
-// out-link lives, is the job's to change.
-func (d *Deployer) gcRoot(target, path string) (func(), error) {
-	dir := d.Config.GCRootsDir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// holdSystems keeps every system of a run alive in this host's store until the run ends, from
+// before any target waits for its lock: once the driver has read a job's out-link, these roots
+// are all that keeps its system from the garbage collector. They belong to a run lock this
+// process holds, so that hearth gc can tell the roots of a dead deployer.
+func (d *Deployer) holdSystems(reqs []Request) (release func(), err error) {
+	if d.OnTarget {
+		return func() {}, nil
+	}
+	if err := d.makeLockDir(); err != nil {
+		return nil, err
+	}
+	id := newID()
+	unlock, err := filelock.Acquire(context.Background(), filepath.Join(d.LockDir, "runs", id+".lock"))
+	if err != nil {
+		return nil, fmt.Errorf("take the deploy's run lock: %w", err)
+	}
+	if err := os.MkdirAll(d.Config.GCRootsDir, 0o755); err != nil {
+		unlock()
 		return nil, fmt.Errorf("make the GC roots dir: %w", err)
 	}
-	root := filepath.Join(dir, target)
-	tmp := root + ".tmp" + strconv.Itoa(os.Getpid())
-	os.Remove(tmp)
-	if err := os.Symlink(path, tmp); err != nil {
-		return nil, fmt.Errorf("make a GC root for %s: %w", path, err)
+	var roots []string
+	release = func() {
+		for _, r := range roots {
+			os.Remove(r)
+		}
+		os.Remove(filepath.Join(d.LockDir, "runs", id+".lock"))
+		unlock()
 	}
-	if err := os.Rename(tmp, root); err != nil {
-		os.Remove(tmp)
-		return nil, fmt.Errorf("make a GC root for %s: %w", path, err)
+	for _, r := range reqs {
+		root := filepath.Join(d.Config.GCRootsDir, id+"-"+r.Target)
+		if err := os.Symlink(r.Path, root); err != nil {
+			release()
+			return nil, fmt.Errorf("make a GC root for %s: %w", r.Path, err)
+		}
+		roots = append(roots, root)
 	}
-	return func() { os.Remove(root) }, nil
+	return release, nil
 }
 
-// GC removes the GC roots and lock files of deploys that are not running: a deployer killed
-// mid-deploy leaves both. A target's lock is held for as long as its root exists.
+// GC removes what deployers that died left on this host: the GC roots of their runs, and lock
+// files nobody holds. A running deploy holds its run lock, and is never touched.
 func GC(cfg *config.Config, logf func(format string, args ...any)) error {
-	locks, err := filepath.Glob(filepath.Join(lockDir(cfg), "*.lock"))
-	if err != nil {
-		return err
-	}
 	var errs []error
-	for _, l := range locks {
-		f, err := os.OpenFile(l, os.O_RDWR, 0)
-		if err != nil {
-			continue
-		}
-		ok, err := filelock.TryLock(f)
-		if err != nil || !ok {
-			f.Close()
-			continue
-		}
-		target := filepath.Base(l[:len(l)-len(".lock")])
-		root := filepath.Join(cfg.Deploy.GCRootsDir, target)
-		if _, err := os.Lstat(root); err == nil {
-			if err := os.Remove(root); err != nil {
-				errs = append(errs, err)
-			} else {
-				logf("removed the GC root of an ended deploy to %s", target)
+	runs, _ := filepath.Glob(filepath.Join(lockDir(cfg), "runs", "*.lock"))
+	for _, l := range runs {
+		removeIfFree(l, func() {
+			id := strings.TrimSuffix(filepath.Base(l), ".lock")
+			roots, _ := filepath.Glob(filepath.Join(cfg.Deploy.GCRootsDir, id+"-*"))
+			for _, r := range roots {
+				if err := os.Remove(r); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				logf("removed the GC root of an ended deploy to %s", strings.TrimPrefix(filepath.Base(r), id+"-"))
 			}
-		}
-		// Removed while held: a deploy that takes it next finds it gone, and opens a new one.
-		if err := os.Remove(l); err != nil {
-			errs = append(errs, err)
-		}
-		f.Close()
+		}, &errs)
+	}
+	targets, _ := filepath.Glob(filepath.Join(lockDir(cfg), "*.lock"))
+	for _, l := range targets {
+		removeIfFree(l, func() {}, &errs)
 	}
 	return errors.Join(errs...)
+}
+
+// removeIfFree takes the lock at path if nobody holds it, runs then while holding it, and removes
+// the file: a deploy that takes it next finds it gone, and opens a new one.
+func removeIfFree(path string, then func(), errs *[]error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if ok, err := filelock.TryLock(f); err != nil || !ok || !same(f, path) {
+		return
+	}
+	then()
+	if err := os.Remove(path); err != nil {
+		*errs = append(*errs, err)
+	}
 }
 
 func newID() string {

@@ -58,7 +58,10 @@ func (s *session) healthCheck(ctx context.Context, c *conn, hc config.HealthChec
 		// As the deploy user: its sudo rule names hearth-deploy-target alone.
 		out, err := c.output(ctx, hc.Command, nil)
 		if err != nil {
-			return fmt.Errorf("%v %s", err, lastLine(out))
+			if l := lastLine(out); l != "" {
+				return fmt.Errorf("%v: %s", err, l)
+			}
+			return err
 		}
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // session is one target's deploy.
@@ -26,6 +27,9 @@ type session struct {
 	before     facts
 	activated  bool
 }
+
+// followMargin is how long after the target's own deadlines hearth still follows an activation.
+const followMargin = 30 * time.Second
 
 // rollbackGrace bounds the last words to a target when the job is cancelled: asking its watchdog to
 // roll back now rather than at its deadline. gitlab-runner kills a stage 10 s after SIGTERM.
@@ -60,17 +64,19 @@ func (s *session) run(ctx context.Context) (res Result) {
 	}
 	s.log("connected to %s@%s in %s; running %s (generation %s), profile %s", s.t.User, s.ep.addr, time.Since(start).Round(time.Millisecond),
 		orNone(s.before["current"]), orNone(s.before["generation"]), orNone(s.before["profile"]))
+	// Another runner's deploy that is not confirmed yet may still roll back: the target is what it
+	// is only once nobody holds its lock.
+	if owner := s.before["lock"]; owner != "" && !s.d.DryRun {
+		return fail(fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, owner))
+	}
 	if s.unchanged() {
 		s.log("%s is already the %s system: nothing to do", s.path, s.action)
 		res.Outcome, res.Generation = Unchanged, s.before["generation"]
 		return res
 	}
-	if owner := s.before["lock"]; owner != "" && !s.d.DryRun {
-		return fail(fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, owner))
-	}
-	closure, err := s.d.Store.Closure(ctx, []string{s.path})
+	closure, err := s.closure(ctx)
 	if err != nil {
-		return fail(fmt.Errorf("read the closure of %s: %w", s.path, err))
+		return fail(err)
 	}
 	if s.d.DryRun {
 		if err := s.summarise(ctx, closure); err != nil {
@@ -80,8 +86,10 @@ func (s *session) run(ctx context.Context) (res Result) {
 		res.Outcome = Unchanged
 		return res
 	}
-	if err := s.transfer(ctx, closure); err != nil {
-		return fail(err)
+	if !s.d.OnTarget {
+		if err := s.transfer(ctx, closure); err != nil {
+			return fail(err)
+		}
 	}
 	if err := s.summarise(ctx, closure); err != nil {
 		return fail(err)
@@ -102,6 +110,8 @@ func (s *session) run(ctx context.Context) (res Result) {
 		s.log("%s", res.Warning)
 	case status == 4:
 		return fail(fmt.Errorf("switch-to-configuration on %s exited 4: some units failed (set [deploy] on_unit_failure = \"keep\" to keep such a system)", s.name))
+	case status == 124 || status == 137:
+		return fail(fmt.Errorf("switch-to-configuration %s on %s did not end within %s ([deploy] activation_timeout) and was stopped", s.action, s.name, s.d.Config.ActivationTimeout.Std()))
 	default:
 		return fail(fmt.Errorf("switch-to-configuration %s on %s failed with exit code %d", s.action, s.name, status))
 	}
@@ -115,6 +125,23 @@ func (s *session) run(ctx context.Context) (res Result) {
 	}
 	res.Outcome = Deployed
 	return res
+}
+
+// closure is the system's closure: from this host's store, or, for a path only the target may
+// still have (a rollback to an earlier generation), from the target's.
+func (s *session) closure(ctx context.Context) ([]nixstore.PathInfo, error) {
+	if !s.d.OnTarget {
+		infos, err := s.d.Store.Closure(ctx, []string{s.path})
+		if err != nil {
+			return nil, fmt.Errorf("read the closure of %s: %w", s.path, err)
+		}
+		return infos, nil
+	}
+	out, err := s.c.output(ctx, s.w.command("closure", s.path), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not on %s any more (%v): deploy it by its store path from a host that has it", s.path, s.name, err)
+	}
+	return nixstore.ParseJSON([]byte(out))
 }
 
 func orNone(s string) string {
@@ -151,16 +178,22 @@ func (s *session) begin(ctx context.Context) (string, error) {
 	if len(s.t.HealthChecks) > 0 {
 		confirm += s.t.HealthTimeout.Std()
 	}
+	// From here on the target may have begun, even if its answer never comes: a failure asks it
+	// to roll back (which a deploy it does not know simply refuses).
+	s.activated = true
 	f, err := s.w.call(ctx, s.c, bytes.NewReader(record), "begin", s.id, s.action, s.path,
 		seconds(confirm), seconds(s.d.Config.ActivationTimeout.Std()))
 	if err != nil {
 		var ee *exitError
-		if errors.As(err, &ee) && ee.Code == 75 {
-			return "", fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, f["busy"])
+		if errors.As(err, &ee) {
+			// It answered: nothing began.
+			s.activated = false
+			if ee.Code == 75 {
+				return "", fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, strings.TrimSuffix(f["busy"], ":"))
+			}
 		}
 		return "", fmt.Errorf("start the activation on %s: %w", s.name, err)
 	}
-	s.activated = true
 	switch s.action {
 	case "test":
 		s.log("activating %s (test: the profile stays at generation %s); the watchdog rolls back unless confirmed within %s", s.path, orNone(f["previous"]), confirm)
@@ -181,6 +214,10 @@ func seconds(d time.Duration) string {
 func (s *session) follow(ctx context.Context) (int, error) {
 	out := &lineWriter{emit: func(line string) { s.log("| %s", line) }}
 	deadline := time.Now().Add(s.d.Config.ActivationTimeout.Std() + s.d.Config.ConfirmTimeout.Std())
+	// The target stops an activation at activation_timeout; past that and a margin, the target
+	// itself has stopped answering for it.
+	ctx, cancel := context.WithDeadline(ctx, deadline.Add(followMargin))
+	defer cancel()
 	for {
 		err := s.c.run(ctx, s.w.command("follow", s.id, strconv.FormatInt(out.n, 10)), nil, out)
 		if err == nil {
@@ -254,9 +291,19 @@ func (s *session) confirm(ctx context.Context) error {
 		return err
 	}
 	f, err := s.w.call(ctx, c, nil, "confirm", s.id)
+	if errors.Is(err, errDisconnected) {
+		// The confirmation may have arrived and its answer not: ask what was decided.
+		if c2, derr := dial(ctx, s.ep); derr == nil {
+			f, err = s.w.call(ctx, c2, nil, "result", s.id)
+			c2.Close()
+			if err == nil && f["verdict"] != "confirmed" {
+				err = fmt.Errorf("the confirmation did not arrive")
+			}
+		}
+	}
 	if err != nil {
-		if v := f["verdict"]; v != "" {
-			return fmt.Errorf("too late to confirm %s: its watchdog decided %q", s.name, v)
+		if v := f["verdict"]; strings.HasPrefix(v, "rollback") {
+			return fmt.Errorf("too late to confirm %s: its watchdog decided to roll back (%s)", s.name, strings.TrimPrefix(v, "rollback:"))
 		}
 		return fmt.Errorf("confirm on %s: %w", s.name, err)
 	}
@@ -273,32 +320,64 @@ func (s *session) rollBack(ctx context.Context, cause error) (Outcome, error) {
 		rctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), rollbackGrace)
 		defer cancel()
 		s.log("cancelled: asking %s to roll back now", s.name)
-	} else {
-		s.log("rolling back: %v", cause)
 	}
 	c, err := dial(rctx, s.ep)
 	if err != nil {
 		return Failed, fmt.Errorf("%w; and %s cannot be reached to roll back (%v): its watchdog rolls back by itself", cause, s.name, err)
 	}
 	defer c.Close()
-	out := &lineWriter{emit: func(line string) { s.log("| %s", line) }}
-	err = c.run(rctx, s.w.command("rollback", s.id, firstLine(cause.Error())), nil, out)
+	reason := firstLine(cause.Error())
+	if ctx.Err() != nil {
+		reason = "the job was cancelled"
+	}
+	var code string
+	out := &lineWriter{emit: func(line string) {
+		if v, ok := strings.CutPrefix(line, "rolledback="); ok {
+			code = v
+			return
+		}
+		s.log("| %s", line)
+	}}
+	err = c.run(rctx, s.w.command("rollback", s.id, reason), nil, out)
 	out.Flush()
-	if err != nil {
-		if ctx.Err() != nil {
-			return Failed, fmt.Errorf("%w; %s was told to roll back and its watchdog does so", cause, s.name)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return Failed, fmt.Errorf("%w; %s was told to roll back and its watchdog does so", cause, s.name)
+	case err != nil:
+		var ee *exitError
+		if errors.As(err, &ee) && strings.Contains(ee.Stderr, "no deploy "+s.id) {
+			// The target never began it: nothing to roll back.
+			return Failed, cause
 		}
 		return Failed, fmt.Errorf("%w; and the rollback on %s failed: %v", cause, s.name, err)
+	case code == "none":
+		return Failed, fmt.Errorf("%w; %s keeps the new system: it ran no earlier system to go back to", cause, s.name)
+	case code == "4":
+		// The previous system is active again; some of its units fail, as they may have before.
+		return RolledBack, fmt.Errorf("%w (rolled back; the previous system's switch-to-configuration reports failed units too)", cause)
+	case code != "0":
+		if code == "" {
+			code = "unknown: it did not finish in time"
+		}
+		return Failed, fmt.Errorf("%w; and the previous system's activation on %s exited %s: check what it runs now (hearth deploy status %s)", cause, s.name, code, s.name)
 	}
 	return RolledBack, cause
 }
 
+// firstLine is the first line of s, short and without control characters: fit to pass as an
+// argument and to print.
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
+	line = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, line)
 	if len(line) > 200 {
 		line = line[:200]
 	}
-	return line
+	return strings.ToValidUTF8(line, "?")
 }
 
 // lineWriter splits what is written into lines and counts the bytes.

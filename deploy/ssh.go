@@ -91,11 +91,17 @@ func dial(ctx context.Context, ep endpoint) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s (%s): %w", ep.name, ep.addr, err)
 	}
-	// The handshake has no context of its own: a deadline on the socket bounds it.
+	// The handshake has no context of its own: a deadline on the socket bounds it, and a cancel
+	// closes the socket.
 	deadline, _ := dctx.Deadline()
 	tcp.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { tcp.Close() })
 	c, chans, reqs, err := ssh.NewClientConn(tcp, ep.addr, cfg)
+	stop()
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		tcp.Close()
 		var hk *HostKeyError
 		if errors.As(err, &hk) {
@@ -253,6 +259,12 @@ func (c *conn) run(ctx context.Context, cmd string, stdin io.Reader, stdout io.W
 	select {
 	case <-ctx.Done():
 		s.Close()
+		// Closing the session ends its copiers soon; wait for them, so that nothing writes to
+		// stdout after run returns.
+		select {
+		case <-ended:
+		case <-time.After(time.Second):
+		}
 		return ctx.Err()
 	case err = <-ended:
 	}

@@ -23,7 +23,7 @@
 #
 # Internal, run in the transient units: activate ID, watchdog ID.
 set -u
-PROTOCOL=1
+PROTOCOL=2
 umask 022
 export PATH=/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PROFILE=/nix/var/nix/profiles/system
@@ -97,25 +97,38 @@ stop_unit() {
 	return 0
 }
 
-# The lock is a symlink naming the deploy that holds it: created atomically with its content.
+# The lock is a symlink naming the deploy that holds it and the begin that took it, "ID:PID":
+# created atomically with its content. It is live while that begin runs or the deploy's units do;
+# otherwise its deploy is gone (a crash before the units started, a boot deploy that failed after
+# hearth died) and the lock is stale.
+lock_owner() {
+	held=$(readlink "$RUN/lock" 2>/dev/null) || return 1
+	owner=${held%%:*}
+	pid=${held#*:}
+	if kill -0 "$pid" 2>/dev/null || unit_active "hearth-deploy-$owner" || unit_active "hearth-deploy-watch-$owner"; then
+		echo "$owner"
+		return 0
+	fi
+	return 1
+}
+
 take_lock() {
 	mkdir -p "$RUN"
 	for _ in 1 2 3; do
-		ln -s "$1" "$RUN/lock" 2>/dev/null && return 0
-		owner=$(readlink "$RUN/lock" 2>/dev/null) || continue
-		if unit_active "hearth-deploy-$owner" || unit_active "hearth-deploy-watch-$owner"; then
+		ln -s "$1:$$" "$RUN/lock" 2>/dev/null && return 0
+		held=$(readlink "$RUN/lock" 2>/dev/null) || continue
+		if owner=$(lock_owner); then
 			echo "busy=$owner"
 			return 1
 		fi
-		# Its deploy is gone (a crash, a reboot that kept /run): the lock is stale.
-		[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$owner" ] && rm -f "$RUN/lock"
+		[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$held" ] && rm -f "$RUN/lock"
 	done
 	echo "busy=$(readlink "$RUN/lock" 2>/dev/null)"
 	return 1
 }
 
 release_lock() {
-	[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$1" ] && rm -f "$RUN/lock"
+	case $(readlink "$RUN/lock" 2>/dev/null) in "$1":*) rm -f "$RUN/lock" ;; esac
 	return 0
 }
 
@@ -131,17 +144,34 @@ put() {
 	printf '%s\n' "$2" >"$1.tmp" && mv "$1.tmp" "$1"
 }
 
+# prune_runs keeps the records of the last 20 deploys in /run (tmpfs, emptied at boot anyway), and
+# this script's versions of the last 30 days.
+prune_runs() {
+	[ -d "$RUN/runs" ] && ls -1t "$RUN/runs" | tail -n +21 | while read -r old; do rm -rf "${RUN:?}/runs/$old"; done
+	[ -d "$STATE/bin" ] && find "$STATE/bin" -name 'hearth-deploy-target-*' -mtime +30 ! -samefile "$SELF" -delete 2>/dev/null
+	return 0
+}
+
 cmd_hello() {
 	echo "protocol=$PROTOCOL"
 	if systemd; then echo "systemd=1"; else echo "systemd=0"; fi
 	echo "current=$(readlink -e /run/current-system 2>/dev/null)"
 	echo "profile=$(readlink -e "$PROFILE" 2>/dev/null)"
 	echo "generation=$(generation)"
-	echo "lock=$(readlink "$RUN/lock" 2>/dev/null)"
+	echo "lock=$(lock_owner)"
+}
+
+# The highest generation of the system profile, made by whoever.
+last_generation() {
+	for link in "$PROFILE"-*-link; do
+		[ -L "$link" ] || continue
+		n=${link#"$PROFILE"-}
+		echo "${n%-link}"
+	done | sort -n | tail -n 1
 }
 
 cmd_missing() {
-	xargs -r nix-store --check-validity --print-invalid
+	xargs -r nix-store --check-validity --print-invalid || die "could not check which paths are valid"
 }
 
 cmd_closure() {
@@ -153,9 +183,13 @@ cmd_closure() {
 cmd_realise() {
 	check_path "$1"
 	set -- "$1" "${2:-}" "${3:-}"
-	list=$(mktemp)
+	tmp=$(mktemp -d) || die "no temporary directory"
+	list=$tmp/list
 	cat >"$list"
-	missing=$(xargs -r nix-store --check-validity --print-invalid <"$list")
+	if ! missing=$(xargs -r nix-store --check-validity --print-invalid <"$list"); then
+		rm -rf "$tmp"
+		die "could not check which paths are valid"
+	fi
 	echo "missing:"
 	if [ -n "$missing" ]; then
 		printf '%s\n' "$missing"
@@ -166,15 +200,15 @@ cmd_realise() {
 			nix-store --realise "$1" --option extra-substituters "$2"
 		else
 			nix-store --realise "$1"
-		fi >/dev/null 2>"$list.log" || ok=$?
+		fi >/dev/null 2>"$tmp/log" || ok=$?
 		echo "still-missing:"
 		# A realise that succeeded made the whole closure valid.
 		if [ "$ok" != 0 ]; then
 			printf '%s\n' "$missing" | xargs -r nix-store --check-validity --print-invalid
-			tail -n 5 "$list.log" | sed 's/^/nix: /'
+			tail -n 5 "$tmp/log" | sed 's/^/nix: /'
 		fi
 	fi
-	rm -f "$list" "$list.log"
+	rm -rf "$tmp"
 }
 
 cmd_import() {
@@ -192,8 +226,11 @@ cmd_begin() {
 	[ -f "$path/nixos-version" ] && [ -x "$path/bin/switch-to-configuration" ] ||
 		die "$path is not a NixOS system: it has no nixos-version or bin/switch-to-configuration"
 	take_lock "$id" || exit 75
+	prune_runs
 	run=$RUN/runs/$id
 	mkdir -p "$run"
+	# Which connection began the deploy, and which confirms it: two different ones.
+	put "$run/begin-connection" "${SSH_CONNECTION:-}"
 	cat >"$run/record.json"
 	put "$run/action" "$action"
 	put "$run/path" "$path"
@@ -204,14 +241,20 @@ cmd_begin() {
 	put "$run/prev-generation" "$(generation)"
 	: >"$run/log"
 	if [ "$action" != test ]; then
+		last=$(last_generation)
 		if ! nix-env --profile "$PROFILE" --set "$path"; then
 			release_lock "$id"
 			die "could not set the system profile to $path"
 		fi
 		gen=$(generation)
 		put "$run/generation" "$gen"
-		mkdir -p "$STATE/generations"
-		cp "$run/record.json" "$STATE/generations/$gen.json"
+		# nix-env reuses the newest generation when it already is the path: then this deploy made
+		# none, and a rollback must not delete it.
+		if [ "$gen" != "$last" ]; then
+			put "$run/made-generation" "$gen"
+			mkdir -p "$STATE/generations"
+			cp "$run/record.json" "$STATE/generations/$gen.json"
+		fi
 	fi
 	if [ "$action" != boot ] && ! start_unit "hearth-deploy-watch-$id" watchdog "$id"; then
 		undo_profile "$id"
@@ -219,7 +262,13 @@ cmd_begin() {
 		die "could not start the watchdog"
 	fi
 	if ! start_unit "hearth-deploy-$id" activate "$id"; then
-		decide "$id" "rollback:the activation could not be started"
+		if [ "$action" = boot ]; then
+			undo_profile "$id"
+			release_lock "$id"
+		else
+			# The watchdog sees the verdict at once and undoes the profile.
+			decide "$id" "rollback:the activation could not be started"
+		fi
 		die "could not start the activation"
 	fi
 	echo "generation=$(cat "$run/generation" 2>/dev/null)"
@@ -231,7 +280,9 @@ cmd_activate() {
 	run=$RUN/runs/$id
 	action=$(cat "$run/action")
 	path=$(cat "$run/path")
-	"$path/bin/switch-to-configuration" "$action" >>"$run/log" 2>&1 </dev/null
+	limit=$(cat "$run/activation-timeout")
+	# The watchdog also stops an activation that outlives the limit; a boot deploy has none.
+	timeout --kill-after=10 "$limit" "$path/bin/switch-to-configuration" "$action" >>"$run/log" 2>&1 </dev/null
 	put "$run/status" "$?"
 	# A boot deploy has no watchdog: nothing was activated, so nothing waits for a confirmation.
 	if [ "$action" = boot ] && [ "$(cat "$run/status")" = 0 ]; then
@@ -269,9 +320,13 @@ cmd_watchdog() {
 
 undo_profile() {
 	run=$RUN/runs/$1
-	gen=$(cat "$run/generation" 2>/dev/null)
+	gen=$(cat "$run/made-generation" 2>/dev/null)
 	prev=$(cat "$run/prev-generation" 2>/dev/null)
-	[ -n "$gen" ] || return 0
+	if [ -z "$gen" ]; then
+		# This deploy made no generation; the profile may still have been moved to an older one.
+		[ -n "$prev" ] && [ "$(generation)" != "$prev" ] && nix-env --profile "$PROFILE" --switch-generation "$prev"
+		return 0
+	fi
 	if [ -n "$prev" ]; then
 		nix-env --profile "$PROFILE" --switch-generation "$prev" &&
 			nix-env --profile "$PROFILE" --delete-generations "$gen"
@@ -293,22 +348,38 @@ roll_back() {
 		stop_unit "hearth-deploy-$id"
 		echo "rolling back: $(verdict "$id" | sed 's/^rollback://')"
 		undo_profile "$id"
+		system=$(cat "$run/prev-system") profile=$(cat "$run/prev-profile")
+		code=0
 		case $action in
-		boot) prev=$(cat "$run/prev-profile") verb=boot ;;
-		test) prev=$(cat "$run/prev-system") verb=test ;;
-		*) prev=$(cat "$run/prev-system") verb=switch ;;
+		boot) activate_previous "$profile" boot ;;
+		test) activate_previous "$system" test ;;
+		*)
+			if [ "$system" = "$profile" ] || [ -z "$profile" ]; then
+				activate_previous "$system" switch
+			else
+				# The target ran something other than its boot default (a test deploy, a pending
+				# boot one): run that again, and leave the boot default as it was.
+				activate_previous "$system" test && activate_previous "$profile" boot
+			fi
+			;;
 		esac
-		if [ -n "$prev" ] && [ -x "$prev/bin/switch-to-configuration" ]; then
-			echo "activating the previous system $prev ($verb)"
-			"$prev/bin/switch-to-configuration" "$verb" </dev/null
-			code=$?
-		else
-			echo "there was no previous system to activate"
-			code=0
-		fi
 		echo "rollback finished with exit code $code"
 	} >"$run/rollback.log" 2>&1
 	put "$run/rolledback" "$code"
+}
+
+# activate_previous SYSTEM VERB runs a previous system's switch-to-configuration; code is its exit
+# status, or "none" when there is no previous system.
+activate_previous() {
+	if [ -n "$1" ] && [ -x "$1/bin/switch-to-configuration" ]; then
+		echo "activating the previous system $1 ($2)"
+		timeout --kill-after=10 "$(cat "$run/activation-timeout")" "$1/bin/switch-to-configuration" "$2" </dev/null
+		code=$?
+		return $code
+	fi
+	echo "there is no previous system to activate"
+	code=none
+	return 1
 }
 
 cmd_follow() {
@@ -347,6 +418,7 @@ cmd_confirm() {
 	check_id "$1"
 	[ -d "$RUN/runs/$1" ] || die "no deploy $1 on this target"
 	if decide "$1" confirmed || [ "$(verdict "$1")" = confirmed ]; then
+		put "$RUN/runs/$1/confirm-connection" "${SSH_CONNECTION:-}"
 		release_lock "$1"
 		echo "verdict=confirmed"
 		return 0

@@ -95,16 +95,20 @@ func refusal(t config.Target, p *Payload) string {
 
 // checkSystem checks that path is a NixOS system valid in the host store: a store path with
 // nixos-version and an executable bin/switch-to-configuration, each resolving inside the store.
-// It only looks; nothing of the path is run here.
-func (d *Driver) checkSystem(ctx context.Context, path string) string {
+// It only looks; nothing of the path is run here. A refusal is the job's fault; err is the host's
+// (a daemon that does not answer).
+func (d *Driver) checkSystem(ctx context.Context, path string) (refusal string, err error) {
 	if err := nix.CheckStorePath(path); err != nil {
-		return fmt.Sprintf("%q is not a store path", path)
+		return fmt.Sprintf("%q is not a store path", path), nil
 	}
 	if d.Store == nil {
-		return "there is no Nix store to check it against"
+		return "", errors.New("this hearth has no Nix store to check deploy requests against")
 	}
 	if _, err := d.Store.Info(ctx, []string{path}); err != nil {
-		return fmt.Sprintf("%s is not a valid path in this host's Nix store", path)
+		if _, statErr := os.Lstat(path); errors.Is(statErr, os.ErrNotExist) || strings.Contains(err.Error(), "is not valid") {
+			return fmt.Sprintf("%s is not a valid path in this host's Nix store", path), nil
+		}
+		return "", fmt.Errorf("check the deploy request %s: %w", path, err)
 	}
 	for _, f := range []struct {
 		name string
@@ -112,14 +116,14 @@ func (d *Driver) checkSystem(ctx context.Context, path string) string {
 	}{{"nixos-version", false}, {"bin/switch-to-configuration", true}} {
 		resolved, err := filepath.EvalSymlinks(filepath.Join(path, f.name))
 		if err != nil || !strings.HasPrefix(resolved, nix.StoreDir+"/") {
-			return fmt.Sprintf("%s is not a NixOS system: it has no %s", path, f.name)
+			return fmt.Sprintf("%s is not a NixOS system: it has no %s", path, f.name), nil
 		}
 		fi, err := os.Stat(resolved)
 		if err != nil || !fi.Mode().IsRegular() || (f.exec && fi.Mode()&0o111 == 0) {
-			return fmt.Sprintf("%s is not a NixOS system: its %s is not an executable file", path, f.name)
+			return fmt.Sprintf("%s is not a NixOS system: its %s is not an executable file", path, f.name), nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // deploys carries out the deploys the job asked for, after its script succeeded and the push is
@@ -156,7 +160,10 @@ func (d *Driver) deploys(ctx context.Context, p *Payload) error {
 			default:
 				if no := refusal(t, p); no != "" {
 					why = "may not be deployed to by this job: " + no
-				} else if bad := d.checkSystem(ctx, r.path); bad != "" {
+				} else if bad, err := d.checkSystem(ctx, r.path); err != nil {
+					end()
+					return err
+				} else if bad != "" {
 					why = bad
 				}
 			}
@@ -214,11 +221,13 @@ func (d *Driver) origin(p *Payload) deploy.Origin {
 		Runner:    host,
 		Time:      time.Now().UTC(),
 	}
+	// GitLab lists its predefined variables first; a job's own of the same name come later and
+	// are not taken. This is a record, not policy.
 	for _, v := range p.Variables {
-		switch v.Key {
-		case "CI_PIPELINE_ID":
+		switch {
+		case v.Key == "CI_PIPELINE_ID" && o.Pipeline == "":
 			o.Pipeline = v.Value
-		case "CI_JOB_URL":
+		case v.Key == "CI_JOB_URL" && o.URL == "":
 			o.URL = v.Value
 		}
 	}
@@ -233,7 +242,10 @@ func (d *Driver) reportDeploys(results []deploy.Result, took time.Duration) erro
 		line := r.Target + ": " + r.Outcome.String()
 		switch r.Outcome {
 		case deploy.Deployed:
-			line += " generation " + r.Generation + " (" + r.Path + ")"
+			if r.Generation != "" {
+				line += " generation " + r.Generation
+			}
+			line += " (" + r.Path + ")"
 		case deploy.Unchanged:
 			line += ", already on " + r.Path
 		}

@@ -103,6 +103,18 @@ func TestNoRequestNoDeploy(t *testing.T) {
 // which targets this project and ref may deploy to.
 func TestDeployRefused(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
+	// A directory outside the builds dir with a request in it: reached only through a symlink,
+	// and never touched.
+	outside := t.TempDir()
+	if err := os.Symlink(system, filepath.Join(outside, "vps")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(outside, "deploy"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(system, filepath.Join(outside, "deploy", "vps")); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(secret, []byte("do not read me\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -129,17 +141,16 @@ func TestDeployRefused(t *testing.T) {
 			os.WriteFile(filepath.Join(p, ".hearth", "deploy", "vps"), []byte(secret+"\n"), 0o644)
 		}, []string{`"` + secret + `" is not a store path`}},
 		{"request dir is a symlink", true, func(t *testing.T, p string) {
-			d := t.TempDir()
-			os.Symlink(system, filepath.Join(d, "vps"))
 			os.MkdirAll(filepath.Join(p, ".hearth"), 0o755)
-			os.Symlink(d, filepath.Join(p, ".hearth", "deploy"))
+			os.Symlink(outside, filepath.Join(p, ".hearth", "deploy"))
 		}, []string{"is a symlink, or is under one", "nothing was followed"}},
 		{".hearth is a symlink", true, func(t *testing.T, p string) {
-			d := t.TempDir()
-			os.MkdirAll(filepath.Join(d, "deploy"), 0o755)
-			os.Symlink(system, filepath.Join(d, "deploy", "vps"))
-			os.Symlink(d, filepath.Join(p, ".hearth"))
+			os.Symlink(outside, filepath.Join(p, ".hearth"))
 		}, []string{"is a symlink, or is under one"}},
+		{"a directory with a request in it", true, func(t *testing.T, p string) {
+			os.MkdirAll(filepath.Join(p, ".hearth", "deploy", "vps", "sub"), 0o755)
+			os.Symlink(outside, filepath.Join(p, ".hearth", "deploy", "vps", "sub", "link"))
+		}, []string{"vps: is neither a symlink to a store path nor a file holding one"}},
 		{"a fifo", true, func(t *testing.T, p string) {
 			os.MkdirAll(filepath.Join(p, ".hearth", "deploy"), 0o755)
 			mkfifo(t, filepath.Join(p, ".hearth", "deploy", "vps"))
@@ -171,6 +182,15 @@ func TestDeployRefused(t *testing.T) {
 			}
 			if b, err := os.ReadFile(secret); err != nil || string(b) != "do not read me\n" {
 				t.Errorf("the host file was touched: %q, %v", b, err)
+			}
+			for _, f := range []string{filepath.Join(outside, "vps"), filepath.Join(outside, "deploy", "vps")} {
+				if _, err := os.Lstat(f); err != nil {
+					t.Errorf("%s, outside the builds dir, is gone: %v", f, err)
+				}
+			}
+			// Nothing the job left in the request dir survives for the next job.
+			if names, _ := os.ReadDir(filepath.Join(project, ".hearth", "deploy")); len(names) != 0 {
+				t.Errorf("left in the request dir: %v", names)
 			}
 		})
 	}

@@ -121,11 +121,31 @@ func readRequest(dirfd int, name string) (path, refused string) {
 	return "", "is neither a symlink to a store path nor a file holding one"
 }
 
-// removeAt removes an entry of the request dir: a link or file, or an empty directory.
+// removeAt removes an entry of the request dir, whatever it is: a directory with what is in it,
+// walked by file descriptor without following a link.
 func removeAt(dirfd int, name string) {
-	if err := unix.Unlinkat(dirfd, name, 0); errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM) {
-		unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	removeTree(dirfd, name, 0)
+}
+
+// maxDepth bounds the walk of a directory a job planted in the request dir.
+const maxDepth = 16
+
+func removeTree(dirfd int, name string, depth int) {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || !(errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM)) || depth > maxDepth {
+		return
 	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d := os.NewFile(uintptr(fd), name)
+	names, _ := d.Readdirnames(-1)
+	for _, n := range names {
+		removeTree(fd, n, depth+1)
+	}
+	d.Close()
+	unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
 }
 
 // clearRequests removes whatever is in the request dir before the job's script runs: builds

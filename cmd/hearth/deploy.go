@@ -93,6 +93,15 @@ func runDeploy(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "[%s] rolling back to generation %d (%s)\n", t, prev.Number, prev.Path)
 		d.Origin.By += ", rolling back to generation " + fmt.Sprint(prev.Number)
 		reqs = append(reqs, deploy.Request{Target: t, Path: prev.Path})
+		// The earlier generation is on the target, and maybe no longer here; and a rollback lasts:
+		// it is a switch (or a boot, for a target that deploys for the next boot).
+		d.OnTarget = true
+		if d.Action == "" {
+			d.Action = "switch"
+			if cfg.Deploy.Targets[t].Action == "boot" {
+				d.Action = "boot"
+			}
+		}
 	}
 	for _, a := range c.Args().Slice() {
 		target, path, ok := strings.Cut(a, "=")

@@ -237,6 +237,11 @@ func TestDeployFromCache(t *testing.T) {
 	if strings.Contains(log, "over SSH") {
 		t.Fatalf("the runner sent paths:\n%s", log)
 	}
+	// Begun over one connection, confirmed over another (SSH_CONNECTION: client address and port).
+	conns, err := tg.Run("cd /run/hearth-deploy/runs/$(ls -t /run/hearth-deploy/runs | head -n 1) && cat begin-connection confirm-connection")
+	if l := strings.Fields(conns); err != nil || len(l) != 8 || l[1] == l[5] {
+		t.Fatalf("connections of the begin and the confirmation: %v %q", err, conns)
+	}
 	// The generation records where it came from.
 	out, err := hearthDeploy(t, cfg, "status", "t1")
 	if err != nil || !regexp.MustCompile(`\* generation 2 .*`+regexp.QuoteMeta(sys)+`\n\s+job \d+, pipeline \d+, project group/project, ref main, commit a{40}`).MatchString(out) ||
@@ -300,14 +305,14 @@ func TestDeployActivationFailures(t *testing.T) {
 		{name: "exit 2", mode: "exit2", want: []string{"failed with exit code 2", "t1: rolled back"}},
 		{name: "exit 4", mode: "exit4", want: []string{"exited 4: some units failed", "t1: rolled back"}},
 		{name: "exit 4 kept", mode: "exit4", deploy: `on_unit_failure = "keep"`, keep: true, want: []string{"kept, as [deploy] on_unit_failure", "t1: deployed generation"}},
-		{name: "hangs", mode: "hang", deploy: `activation_timeout = "4s"`, want: []string{"the watchdog on t1 rolled back: the activation did not end within 4s", "t1: rolled back"}},
+		{name: "hangs", mode: "hang", deploy: `activation_timeout = "4s"`, want: []string{"did not end within 4s", "t1: rolled back"}},
 		{name: "health check fails", mode: "ok", health: "health_checks = [{ command = \"test -e /etc/healthy\" }]\nhealth_timeout = \"3s\"\n", want: []string{"health check `test -e /etc/healthy` on t1 failed", "t1: rolled back"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := f.config(t, "", tc.deploy, func(string) string { return tc.health })
 			before := stateOf(t, tg)
 			if before.current == "" {
-				f.base(t, cfg)
+				f.base(t, f.config(t, "", "", nil))
 				before = stateOf(t, tg)
 			}
 			nonce := fmt.Sprint(time.Now().UnixNano())
@@ -387,6 +392,9 @@ func TestDeployRefusedOnRealParts(t *testing.T) {
 				t.Fatalf("job: %v (%s, exit code %d), want a script failure with exit code 3\n%s", res.Err, res.FailureReason, res.ExitCode, log)
 			}
 			mustContain(t, log, tc.want, "nothing was deployed")
+			if _, err := os.Lstat(filepath.Join(hostDir, "t1")); err != nil {
+				t.Fatalf("the request outside the builds dir was touched: %v", err)
+			}
 			if strings.Contains(log, strings.TrimSpace(string(identity))[40:80]) {
 				t.Fatalf("the job log holds the identity's content")
 			}
@@ -505,8 +513,8 @@ func TestDeployDriverKilled(t *testing.T) {
 	if res.State == "success" {
 		t.Fatalf("the job succeeded:\n%s", log)
 	}
-	if _, err := os.Lstat(filepath.Join(f.gcRoots, "t1")); err != nil {
-		t.Fatalf("the killed deploy left no GC root (%v): the test proves nothing", err)
+	if roots, _ := filepath.Glob(filepath.Join(f.gcRoots, "*-t1")); len(roots) != 1 {
+		t.Fatalf("the killed deploy left GC roots %v, want one: the test proves nothing", roots)
 	}
 	waitFor(t, "the watchdog's rollback", 30*time.Second, func() bool { return stateOf(t, tg) == before })
 	sys := systemIn(log, nonce, "t1")
@@ -517,7 +525,9 @@ func TestDeployDriverKilled(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gc: %v\n%s", err, out)
 	}
-	locks, _ := filepath.Glob(filepath.Join(parts.StateDir(), "deploy", "*"))
+	locks, _ := filepath.Glob(filepath.Join(parts.StateDir(), "deploy", "*.lock"))
+	runs, _ := filepath.Glob(filepath.Join(parts.StateDir(), "deploy", "runs", "*"))
+	locks = append(locks, runs...)
 	roots, _ := filepath.Glob(filepath.Join(f.gcRoots, "*"))
 	if len(locks)+len(roots) != 0 || !strings.Contains(string(out), "removed the GC root of an ended deploy to t1") {
 		t.Fatalf("after gc: locks %v, roots %v\n%s", locks, roots, out)
@@ -547,6 +557,10 @@ func TestDeployCancelled(t *testing.T) {
 	}
 	mustContain(t, log, "cancelled: asking t1 to roll back now")
 	waitFor(t, "the rollback", 20*time.Second, func() bool { return stateOf(t, tg) == before })
+	// Rolled back because hearth asked, not because the watchdog's deadline passed.
+	if out, _ := tg.Run("cat /run/hearth-deploy/runs/*/rollback.log"); !strings.Contains(out, "rolling back: the job was cancelled") {
+		t.Fatalf("rollback log:\n%s", out)
+	}
 	t.Logf("the cancelled job ended %s after the cancel", took)
 }
 
@@ -555,6 +569,7 @@ func TestDeployCancelled(t *testing.T) {
 func TestDeployFleet(t *testing.T) {
 	f := startFleet(t, 4)
 	tgs := f.Targets()
+	base := f.base(t, f.config(t, "", "", nil))
 	t.Run("canary fails", func(t *testing.T) {
 		cfg := f.config(t, "", "", func(name string) string {
 			if name == "t1" {
@@ -569,8 +584,10 @@ func TestDeployFleet(t *testing.T) {
 		}
 		mustContain(t, log, "[t1] canary: deploying here first, alone", "t1: rolled back", "t2: not started: an earlier target failed",
 			"t3: not started", "t4: not started")
-		for _, tg := range tgs[1:] {
-			untouched(t, tg)
+		for _, tg := range tgs {
+			if s := stateOf(t, tg); s.current != base || s.profile != base || strings.Contains(activations(t, tg), nonce+"-"+tg.Name+" ") && tg.Name != "t1" {
+				t.Fatalf("%s runs %+v, want the base system and no activation of the job's", tg.Name, s)
+			}
 		}
 	})
 	t.Run("parallel", func(t *testing.T) {
@@ -668,5 +685,126 @@ func TestDeployCommand(t *testing.T) {
 	check, err := exec.Command(parts.Hearth, "config", "check", bad).CombinedOutput()
 	if err == nil || !regexp.MustCompile(`deploy\.targets\.t1\.known_hosts_file = "`+regexp.QuoteMeta(missing)+`" does not exist`).Match(check) {
 		t.Fatalf("config check: %v\n%s", err, check)
+	}
+}
+
+// Two deploys to one target from this host: the second waits for the first, and says so. From
+// another runner host (its own lock dir), the target's own lock refuses the second.
+func TestDeployLocks(t *testing.T) {
+	f := startFleet(t, 1)
+	cfg := f.config(t, "", "", nil)
+	f.base(t, cfg)
+	b, _ := os.ReadFile(cfg)
+	otherHost := filepath.Join(t.TempDir(), "other.toml")
+	os.WriteFile(otherHost, []byte(strings.Replace(string(b), parts.StateDir(), t.TempDir(), 1)), 0o600)
+	for _, tc := range []struct {
+		name, second, want string
+		fails              bool
+	}{
+		{"same host", cfg, "waiting for another deploy to t1 from this host to finish", false},
+		{"another host", otherHost, "t1 is being deployed by another runner (deploy ", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			slow := hostSystem(t, fmt.Sprint("slow-", time.Now().UnixNano()), "slow")
+			next := hostSystem(t, fmt.Sprint("next-", time.Now().UnixNano()), "ok")
+			first := make(chan string, 1)
+			go func() {
+				out, err := hearthDeploy(t, cfg, "t1="+slow)
+				if err != nil {
+					out += "\nFAILED: " + err.Error()
+				}
+				first <- out
+			}()
+			activating(t, f.Targets()[0], "slow-")
+			out, err := hearthDeploy(t, tc.second, "t1="+next)
+			if firstOut := <-first; strings.Contains(firstOut, "FAILED") {
+				t.Fatalf("the first deploy: %s", firstOut)
+			}
+			if (err != nil) != tc.fails {
+				t.Fatalf("the second deploy: %v\n%s", err, out)
+			}
+			mustContain(t, out, tc.want)
+		})
+	}
+}
+
+// A deploy user that is not root runs hearth-deploy-target through sudo, and nothing else.
+func TestDeployAsSudoUser(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	cfg := f.config(t, "", "", func(string) string { return `user = "deploy"` })
+	sys := hostSystem(t, fmt.Sprint("sudo-", time.Now().UnixNano()), "ok")
+	// Not installed yet: a sentence that says what to do.
+	out, err := hearthDeploy(t, cfg, "t1="+sys)
+	if err == nil {
+		t.Fatalf("deployed without hearth-deploy-target:\n%s", out)
+	}
+	mustContain(t, out, "needs hearth-deploy-target installed", "a sudo rule")
+	script, err := exec.Command(parts.Hearth, "deploy", "target-script").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.WriteFile("/usr/local/bin/hearth-deploy-target", script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.WriteFile("/etc/sudoers.d/hearth", []byte("deploy ALL=(root) NOPASSWD: /usr/local/bin/hearth-deploy-target\n"), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := hearthDeploy(t, cfg, "t1="+sys); err != nil {
+		t.Fatalf("deploy as deploy: %v\n%s", err, out)
+	}
+	if s := stateOf(t, tg); s.current != sys || s.profile != sys {
+		t.Fatalf("runs %+v", s)
+	}
+	// The rule names the one command: the deploy user is not root otherwise.
+	if out, err := tg.RunAs("deploy", "sudo -n id"); err == nil {
+		t.Fatalf("sudo -n id worked for the deploy user: %s", out)
+	}
+}
+
+// test activates without touching the profile; boot sets the profile and the boot entry only, and
+// a boot entry that fails to install rolls the profile back.
+func TestDeployActions(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	f.base(t, f.config(t, "", "", nil))
+	for _, tc := range []struct {
+		action, mode string
+		// want is the target's state after the job, from the one before it and the job's system.
+		want func(before state, sys string) state
+		log  []string
+	}{
+		{"test", "ok", func(b state, sys string) state { return state{sys, b.profile, b.generation} },
+			[]string{"test: the profile stays at generation", "t1: deployed ("}},
+		{"boot", "ok", func(b state, sys string) state { return state{b.current, sys, ""} },
+			[]string{"is the boot default; it becomes active at the next reboot", "t1: deployed generation"}},
+		{"boot", "exit2", func(b state, _ string) state { return b },
+			[]string{"switch-to-configuration boot on t1 failed with exit code 1", "t1: rolled back"}},
+	} {
+		t.Run(tc.action+" "+tc.mode, func(t *testing.T) {
+			cfg := f.config(t, "", "", func(string) string { return fmt.Sprintf("action = %q", tc.action) })
+			before := stateOf(t, tg)
+			nonce := fmt.Sprint(time.Now().UnixNano())
+			res, log := protectedJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": tc.mode}, ""), true)
+			sys := systemIn(log, nonce, "t1")
+			mustContain(t, log, tc.log...)
+			if (res.Err == nil) != (tc.mode == "ok") {
+				t.Fatalf("job: %v\n%s", res.Err, log)
+			}
+			got, want := stateOf(t, tg), tc.want(before, sys)
+			if want.generation == "" {
+				// A new generation, whichever number.
+				want.generation = got.generation
+				if got.generation == before.generation {
+					t.Fatalf("boot made no new generation: %+v", got)
+				}
+			}
+			if got != want {
+				t.Fatalf("%s runs %+v, want %+v (before: %+v)", tg.Name, got, want, before)
+			}
+			if !strings.Contains(activations(t, tg), sys+" "+tc.action) {
+				t.Fatalf("%s was not activated with %s:\n%s", sys, tc.action, activations(t, tg))
+			}
+		})
 	}
 }

@@ -20,11 +20,18 @@ func stc(mode string) string {
 		"exit2": "echo \"Activation script snippet 'users' failed (1)\"; exit 2",
 		"hang":  "exec sleep 3600",
 	}[mode]
+	// A system that fails to activate fails to install its boot entry too.
+	boot := "exit 0"
+	if mode == "exit2" || mode == "exit4" {
+		boot = "echo 'Failed to install bootloader'; exit 1"
+	}
 	return `#!/bin/sh
 top=${0%/bin/switch-to-configuration}
 echo "$(date +%s.%N) $top $1" >> /var/log/hearth-test-activations
 echo "stand-in activation of $top ($1)"
-[ "$1" = boot ] && exit 0
+if [ "$1" = boot ]; then
+	` + boot + `
+fi
 ln -sfn "$top" /run/current-system
 ` + end + "\n"
 }
