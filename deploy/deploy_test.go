@@ -88,8 +88,8 @@ func TestTargetScriptParses(t *testing.T) {
 	}
 }
 
-// hearth's export stream is byte for byte what nix-store --export writes for the same path.
-func TestExportMatchesNix(t *testing.T) {
+// What send streams is what nix-store --serve --write adds to a store, hash checked by Nix.
+func TestServeAddsToAStore(t *testing.T) {
 	if testing.Short() || os.Geteuid() != 0 {
 		t.Skip("needs root and the host's Nix store")
 	}
@@ -101,26 +101,47 @@ func TestExportMatchesNix(t *testing.T) {
 	os.WriteFile(dir+"/tree/bin/run", []byte("#!/bin/sh\necho hi\n"), 0o755)
 	os.WriteFile(dir+"/tree/data", bytes.Repeat([]byte("x"), 100001), 0o644)
 	os.Symlink("bin/run", dir+"/tree/link")
+	os.WriteFile(dir+"/dep", []byte("a dependency"), 0o644)
 	env := append(os.Environ(), "NIX_REMOTE=local")
-	out, err := (&exec.Cmd{Path: mustLook(t, "nix-store"), Args: []string{"nix-store", "--add", dir + "/tree"}, Env: env}).Output()
+	nixStore := func(args ...string) string {
+		t.Helper()
+		out, err := (&exec.Cmd{Path: mustLook(t, "nix-store"), Args: append([]string{"nix-store"}, args...), Env: env}).Output()
+		if err != nil {
+			t.Fatalf("nix-store %v: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	paths := strings.Fields(nixStore("--add", dir+"/tree", dir+"/dep"))
+	infos, err := (&nixstore.Store{Env: env}).Info(t.Context(), paths)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := strings.TrimSpace(string(out))
-	want, err := (&exec.Cmd{Path: mustLook(t, "nix-store"), Args: []string{"nix-store", "--export", path}, Env: env}).Output()
-	if err != nil {
+	// The second path "references" the first, so that the order and the references are tested
+	// (and so is no longer what its content address says).
+	infos[1].References, infos[1].CA = []string{infos[0].Path}, ""
+	target := t.TempDir()
+	cmd := &exec.Cmd{Path: mustLook(t, "nix-store"), Args: []string{"nix-store", "--store", target, "--serve", "--write"}, Env: env}
+	w, _ := cmd.StdinPipe()
+	r, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	infos, err := (&nixstore.Store{Env: env}).Info(t.Context(), []string{path})
-	if err != nil {
-		t.Fatal(err)
+	if err := serve(w, r, nixstore.Order([]nixstore.PathInfo{infos[1], infos[0]})); err != nil {
+		t.Fatalf("serve: %v\n%s", err, stderr.String())
 	}
-	var got bytes.Buffer
-	if err := writeExport(&got, infos); err != nil {
-		t.Fatal(err)
+	w.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("nix-store --serve: %v\n%s", err, stderr.String())
 	}
-	if !bytes.Equal(got.Bytes(), want) {
-		t.Fatalf("export of %s: %d bytes, nix-store --export wrote %d", path, got.Len(), len(want))
+	for _, in := range infos {
+		if got := nixStore("--store", target, "--query", "--hash", in.Path); got != in.NarHash && "sha256:"+got != in.NarHash {
+			t.Errorf("%s in the target store has hash %s, want %s", in.Path, got, in.NarHash)
+		}
+	}
+	if got := nixStore("--store", target, "--query", "--references", infos[1].Path); got != infos[0].Path {
+		t.Errorf("references in the target store: %q", got)
 	}
 }
 

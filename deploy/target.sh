@@ -9,7 +9,7 @@
 #   realise PATH [SUBST [KEYS]] substitute what PATH's closure (on stdin) lacks here, with extra
 #                               substituters and keys: prints the paths missing before (after
 #                               "missing:") and after (after "still-missing:"), and Nix's last words
-#   import                      `nix-store --import` of the export stream on stdin
+#   serve                       `nix-store --serve --write`, which hearth sends paths to
 #   begin ID ACTION PATH CONFIRM_S ACTIVATION_S
 #                               take the target's deploy lock, record the previous generation and
 #                               the record on stdin, set the profile (switch, boot), start the
@@ -23,7 +23,7 @@
 #
 # Internal, run in the transient units: activate ID, watchdog ID.
 set -u
-PROTOCOL=2
+PROTOCOL=3
 umask 022
 export PATH=/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PROFILE=/nix/var/nix/profiles/system
@@ -211,8 +211,8 @@ cmd_realise() {
 	rm -rf "$tmp"
 }
 
-cmd_import() {
-	nix-store --import
+cmd_serve() {
+	exec nix-store --serve --write
 }
 
 cmd_begin() {
@@ -476,7 +476,7 @@ hello) cmd_hello ;;
 missing) cmd_missing ;;
 closure) cmd_closure "$@" ;;
 realise) cmd_realise "$@" ;;
-import) cmd_import ;;
+serve) cmd_serve ;;
 begin) cmd_begin "$@" ;;
 activate) cmd_activate "$@" ;;
 watchdog) cmd_watchdog "$@" ;;

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -131,54 +132,119 @@ func lastLine(s string) string {
 	return ""
 }
 
-// send streams paths to the target's nix-store --import over the connection: NARs made here, in
-// the export format, every path after those it references.
+// send streams paths to the target's store over the connection, in the protocol of
+// nix-store --serve --write (what nix copy --to ssh:// speaks): each NAR made here and added as it
+// arrives, every path after those it references. On Nix 2.8 that adds 200 MiB about twice as fast
+// as nix-store --import of the same stream does (BENCHMARKS.md).
 func (s *session) send(ctx context.Context, todo []nixstore.PathInfo) error {
 	start := time.Now()
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeExport(pw, nixstore.Order(todo))) }()
-	out, err := s.c.output(ctx, s.w.command("import"), pr)
-	pr.CloseWithError(io.ErrClosedPipe)
+	todo = nixstore.Order(todo)
+	in, inW := io.Pipe()
+	outR, out := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- s.c.run(ctx, s.w.command("serve"), in, out) }()
+	serr := serve(inW, outR, todo)
+	// The end of its input ends nix-store --serve; nothing more is read from it.
+	inW.Close()
+	outR.Close()
+	err := <-done
+	var ee *exitError
+	if !errors.As(err, &ee) && serr != nil {
+		// What the target said, when it said something, tells more than a broken pipe.
+		err = serr
+	}
 	if err != nil {
 		return fmt.Errorf("send %d paths to %s: %w", len(todo), s.name, err)
 	}
-	imported := len(strings.Fields(out))
 	took := time.Since(start)
-	s.log("sent %d paths (%s) over SSH in %s (%s)", imported, bytesize.Format(narBytes(todo)), took.Round(time.Millisecond), bytesize.Rate(narBytes(todo), took))
+	s.log("sent %d paths (%s) over SSH in %s (%s)", len(todo), bytesize.Format(narBytes(todo)), took.Round(time.Millisecond), bytesize.Rate(narBytes(todo), took))
 	return nil
 }
 
-// exportMagic follows each NAR in nix-store --export's format.
-const exportMagic = 0x4558494e
+// The serve protocol's numbers (Nix's serve-protocol.hh).
+const (
+	serveMagic1      = 0x390c9deb
+	serveMagic2      = 0x5452eecb
+	serveVersion     = 0x205 // 2.5: the first with cmdAddToStoreNar
+	cmdAddToStoreNar = 9
+)
 
-// writeExport writes paths as nix-store --export does: for each, 1, its NAR, the magic, its path,
-// references and deriver, and 0 for "no signature"; then 0.
-func writeExport(w io.Writer, paths []nixstore.PathInfo) error {
+// serve speaks the client's side of nix-store --serve --write on w (its stdin) and r (its
+// stdout): the greeting, then one cmdAddToStoreNar per path, each answered with 1.
+func serve(w io.Writer, r io.Reader, paths []nixstore.PathInfo) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
-	for _, in := range paths {
-		writeInt(bw, 1)
-		if err := nar.Dump(bw, in.Path); err != nil {
-			return fmt.Errorf("export %s: %w", in.Path, err)
+	writeInt(bw, serveMagic1)
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	magic, err := readInt(r)
+	if err != nil {
+		return fmt.Errorf("the target's nix-store --serve did not answer: %w", err)
+	}
+	if magic != serveMagic2 {
+		return fmt.Errorf("the target's nix-store --serve answered %#x, not its greeting", magic)
+	}
+	if _, err := readInt(r); err != nil { // its version
+		return err
+	}
+	writeInt(bw, serveVersion)
+	// Each path is answered once the target has added it; the answers are read meanwhile, so
+	// that neither side waits on the other.
+	answers := make(chan error, 1)
+	go func() {
+		for range paths {
+			n, err := readInt(r)
+			if err == nil && n != 1 {
+				err = fmt.Errorf("the target answered %d, not 1", n)
+			}
+			if err != nil {
+				answers <- err
+				return
+			}
 		}
-		writeInt(bw, exportMagic)
+		answers <- nil
+	}()
+	for _, in := range paths {
+		writeInt(bw, cmdAddToStoreNar)
 		writeString(bw, in.Path)
+		writeString(bw, in.Deriver)
+		writeString(bw, in.NarHash)
 		refs := append([]string{}, in.References...)
 		sort.Strings(refs)
 		writeInt(bw, uint64(len(refs)))
-		for _, r := range refs {
-			writeString(bw, r)
+		for _, ref := range refs {
+			writeString(bw, ref)
 		}
-		writeString(bw, in.Deriver)
-		writeInt(bw, 0)
+		writeInt(bw, 0) // registration time: now
+		writeInt(bw, in.NarSize)
+		writeInt(bw, 0) // not ultimately trusted: built elsewhere
+		writeInt(bw, uint64(len(in.Sigs)))
+		for _, sig := range in.Sigs {
+			writeString(bw, sig)
+		}
+		writeString(bw, in.CA)
+		if err := nar.Dump(bw, in.Path); err != nil {
+			return fmt.Errorf("send %s: %w", in.Path, err)
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
 	}
-	writeInt(bw, 0)
-	return bw.Flush()
+	return <-answers
 }
 
 func writeInt(w *bufio.Writer, n uint64) {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], n)
 	w.Write(b[:])
+}
+
+func readInt(r io.Reader) (uint64, error) {
+	var b [8]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
 func writeString(w *bufio.Writer, s string) {

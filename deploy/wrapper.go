@@ -18,7 +18,7 @@ import (
 var TargetScript []byte
 
 // protocol is the version of TargetScript's commands this hearth speaks.
-const protocol = "2"
+const protocol = "3"
 
 // TargetCommand is the name an installed hearth-deploy-target is run by, through sudo, when the
 // deploy user is not root.

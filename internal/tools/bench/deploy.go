@@ -187,7 +187,7 @@ func benchDeploy(parts *testenv.Parts, runs, bigRuns int) error {
 	fmt.Printf("\nA closure of %s (a 200 MiB path of random data and a system) to a target that lacks it,\nagainst `nix copy --no-check-sigs --to ssh://root@TARGET` of the same closure (%d runs):\n", size, bigRuns)
 	fmt.Printf("  floor: nix copy --to ssh://            %s\n", ms(floor))
 	fmt.Printf("  pull: the target substitutes from the cache over HTTP   %s   ratio %.2f\n", ms(median(pulls)), float64(median(pulls))/float64(floor))
-	fmt.Printf("  push: hearth streams it into nix-store --import         %s   ratio %.2f\n", ms(median(sends)), float64(median(sends))/float64(floor))
+	fmt.Printf("  push: hearth streams it into nix-store --serve --write %s   ratio %.2f\n", ms(median(sends)), float64(median(sends))/float64(floor))
 	return nil
 }
 

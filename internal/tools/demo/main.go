@@ -1,6 +1,9 @@
-// Command demo runs a job end to end through `hearth exec` on a private containerd and nix-daemon
-// (scripts/demo.sh starts it). The job builds a derivation through the daemon; a second run of the
-// same job finds the result in the shared store.
+// Command demo runs hearth's main job end to end through `hearth exec` on a private containerd and
+// nix-daemon (scripts/demo.sh starts it). A job builds a derivation through the daemon; a second
+// run of the same job finds the result in the shared store. Then a job on a protected ref builds a
+// (stand-in) NixOS system, and hearth pushes it to the binary cache and deploys it to a server — a
+// Debian host with systemd and Nix of its own, booted under systemd-nspawn — which pulls it from
+// the cache.
 package main
 
 import (
@@ -8,9 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/internal/testenv/sshtarget"
+	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 const pipeline = `# The demo pipeline: hearth exec runs the job below as gitlab-runner would.
@@ -36,6 +42,16 @@ build:
     - cat "$(nix-build --no-out-link hello.nix)"
   after_script:
     - echo "after_script runs whatever the script did"
+
+deploy:
+  script:
+    - |
+      cat > system.nix <<'EOF'
+%s
+      EOF
+    - mkdir -p .hearth/deploy
+    - nix-build --out-link .hearth/deploy/vps system.nix
+    - echo "the job asked for a deploy to vps; hearth does it on the host once this script has succeeded"
 `
 
 func main() {
@@ -52,16 +68,57 @@ func run() error {
 		return err
 	}
 	defer parts.Stop()
-	cfg, err := parts.WriteConfig("", "", "")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, parts.Config("", "", ""))
 	dir := filepath.Join(parts.Dir, "project")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	yml := fmt.Sprintf(pipeline, parts.Tools, time.Now().Unix())
+	fmt.Println("==> booting a server to deploy to (Debian with systemd and its own Nix store, in a network namespace)")
+	fleet, err := sshtarget.StartFleet(filepath.Join(parts.Dir, "fleet"), 1)
+	if err != nil {
+		return err
+	}
+	defer fleet.Stop()
+	vps := fleet.Targets()[0]
+	if err := vps.WriteFile("/etc/nix/nix.conf", []byte("build-users-group =\nsandbox = false\nsubstituters =\n"), 0o644); err != nil {
+		return err
+	}
+	cache := parts.FileCacheDir()
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return err
+	}
+	served, err := fleet.ServeDir(cache, 8080)
+	if err != nil {
+		return err
+	}
+	defer served.Close()
+	key, err := signing.Generate("demo-cache-1")
+	if err != nil {
+		return err
+	}
+	keyFile := filepath.Join(parts.Dir, "cache.secret")
+	if err := os.WriteFile(keyFile, []byte(key.String()), 0o600); err != nil {
+		return err
+	}
+	tables := fmt.Sprintf(`
+[cache.file]
+dir = %q
+signing_key_file = %q
+
+[deploy.targets.vps]
+host = %q
+known_hosts_file = %q
+identity_file = %q
+projects = ["1"]
+substituters = ["http://%s:8080"]
+trusted_public_keys = [%q]
+`, cache, keyFile, vps.Addr, vps.KnownHosts, fleet.Identity, vps.HostAddr, key.Public().String())
+	cfg, err := parts.WriteConfig("", "", tables)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, parts.Config("", "", tables))
+	system := parts.SystemExpr(fmt.Sprint("demo-", time.Now().Unix()), "ok")
+	yml := fmt.Sprintf(pipeline, parts.Tools, time.Now().Unix(), "      "+strings.ReplaceAll(strings.TrimRight(system, "\n"), "\n", "\n      "))
 	if err := os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte(yml), 0o644); err != nil {
 		return err
 	}
@@ -76,5 +133,25 @@ func run() error {
 		}
 		fmt.Printf("==> job finished in %s\n", time.Since(start).Round(time.Millisecond))
 	}
+	fmt.Println("\n==> hearth exec --protected deploy (a job on a protected ref that asks for a deploy to vps)")
+	cmd := exec.Command(parts.Hearth, "--config", cfg, "exec", "--protected", "--job-id", "1002", "deploy")
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("hearth exec: %w", err)
+	}
+	fmt.Printf("==> job finished in %s\n", time.Since(start).Round(time.Millisecond))
+	fmt.Println("\n==> hearth deploy status vps (the server's generations, and where each came from)")
+	cmd = exec.Command(parts.Hearth, "--config", cfg, "deploy", "status", "vps")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("hearth deploy status: %w", err)
+	}
+	out, err := vps.Run("readlink /run/current-system; cat /var/log/hearth-test-activations")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n==> on vps: /run/current-system and the activations its switch-to-configuration recorded:\n%s", out)
 	return nil
 }
