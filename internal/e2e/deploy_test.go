@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-ci/hearth/internal/testenv"
 	"github.com/hearth-ci/hearth/internal/testenv/sshtarget"
 	"github.com/hearth-ci/hearth/runner"
 )
@@ -23,8 +24,8 @@ import (
 // fleet is a test's targets, the cache they pull from and a config naming them.
 type fleet struct {
 	*sshtarget.Fleet
-	cacheDir, key, pub, gcRoots string
-	cache                       *sshtarget.Served
+	cache   *testenv.DeployCache
+	gcRoots string
 }
 
 func (f *fleet) requested(suffix string) int {
@@ -51,21 +52,12 @@ func startFleet(t *testing.T, n int) *fleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sf.Stop() })
-	f := &fleet{Fleet: sf, cacheDir: t.TempDir()}
-	f.gcRoots = fmt.Sprintf("/nix/var/nix/gcroots/hearth-test-%d", time.Now().UnixNano())
+	f := &fleet{Fleet: sf, gcRoots: fmt.Sprintf("/nix/var/nix/gcroots/hearth-test-%d", time.Now().UnixNano())}
 	t.Cleanup(func() { os.RemoveAll(f.gcRoots) })
-	key, pub := keyPair(t, "team-deploy")
-	f.key, f.pub = key, pub
-	if f.cache, err = sf.ServeDir(f.cacheDir, 8080); err != nil {
+	if f.cache, err = testenv.ServeCache(sf, t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.cache.Close)
-	for _, tg := range sf.Targets() {
-		// Nothing but the test's cache: the targets have no other network.
-		if err := tg.WriteFile("/etc/nix/nix.conf", []byte("build-users-group =\nsandbox = false\nsubstituters =\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	return f
 }
 
@@ -79,15 +71,7 @@ func (f *fleet) config(t *testing.T, cache, deploy string, target func(name stri
 			deploy += "\n" + d
 		}
 	}
-	tables := fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n\n[deploy]\ngc_roots_dir = %q\n%s\n", f.cacheDir, f.key, f.gcRoots, deploy)
-	for _, tg := range f.Targets() {
-		extra := ""
-		if target != nil {
-			extra = target(tg.Name)
-		}
-		tables += fmt.Sprintf("\n[deploy.targets.%s]\nhost = %q\nknown_hosts_file = %q\nidentity_file = %q\nprojects = [\"7\"]\nsubstituters = [\"http://%s:8080\"]\ntrusted_public_keys = [%q]\n%s\n",
-			tg.Name, tg.Addr, tg.KnownHosts, f.Identity, tg.HostAddr, f.pub, extra)
-	}
+	tables := fmt.Sprintf("\n[deploy]\ngc_roots_dir = %q\n%s\n", f.gcRoots, deploy) + f.cache.Tables(f.Fleet, `["7"]`, target)
 	return writeCacheConfig(t, "", cache, tables)
 }
 
@@ -431,17 +415,34 @@ func TestDeployHostKeyPinned(t *testing.T) {
 	}
 }
 
+// deploying is a job whose deploy to a target that runs a base system is activating a slow
+// system, for a test to interrupt.
+type deploying struct {
+	fleet      *fleet
+	target     *sshtarget.Target
+	cfg, nonce string
+	before     state
+	runner     *runner.Runner
+	wait       func() (runner.Result, string)
+}
+
+func interruptedDeploy(t *testing.T, deploy string) deploying {
+	t.Helper()
+	d := deploying{fleet: startFleet(t, 1), nonce: fmt.Sprint(time.Now().UnixNano())}
+	d.target = d.fleet.Targets()[0]
+	d.cfg = d.fleet.config(t, "", deploy, nil)
+	d.fleet.base(t, d.cfg)
+	d.before = stateOf(t, d.target)
+	d.runner, d.wait = startJob(t, d.cfg, deployJobSrc(d.nonce, map[string]string{"t1": "slow"}, ""))
+	activating(t, d.target, d.nonce)
+	return d
+}
+
 // The target's network goes down during the activation and stays down past confirm_timeout:
 // hearth cannot confirm, and the watchdog on the target restores the previous generation by itself.
 func TestDeployNetworkCutWatchdogRollsBack(t *testing.T) {
-	f := startFleet(t, 1)
-	tg := f.Targets()[0]
-	cfg := f.config(t, "", "activation_timeout = \"5s\"\nconfirm_timeout = \"3s\"", nil)
-	f.base(t, cfg)
-	before := stateOf(t, tg)
-	nonce := fmt.Sprint(time.Now().UnixNano())
-	_, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
-	activating(t, tg, nonce)
+	d := interruptedDeploy(t, "activation_timeout = \"5s\"\nconfirm_timeout = \"3s\"")
+	tg, before, nonce, wait := d.target, d.before, d.nonce, d.wait
 	if err := tg.CutNetwork(); err != nil {
 		t.Fatal(err)
 	}
@@ -498,14 +499,8 @@ func activating(t *testing.T, tg *sshtarget.Target, nonce string) {
 // The driver killed mid-activation: nobody confirms, so the watchdog rolls back, and hearth gc
 // removes the lock and the GC root the dead driver left.
 func TestDeployDriverKilled(t *testing.T) {
-	f := startFleet(t, 1)
-	tg := f.Targets()[0]
-	cfg := f.config(t, "", "", nil)
-	f.base(t, cfg)
-	before := stateOf(t, tg)
-	nonce := fmt.Sprint(time.Now().UnixNano())
-	_, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
-	activating(t, tg, nonce)
+	d := interruptedDeploy(t, "")
+	f, tg, cfg, before, nonce, wait := d.fleet, d.target, d.cfg, d.before, d.nonce, d.wait
 	if out, err := exec.Command("pkill", "-KILL", "-f", cfg+" driver run").CombinedOutput(); err != nil {
 		t.Fatalf("kill the driver: %v %s", err, out)
 	}
@@ -540,14 +535,8 @@ func TestDeployDriverKilled(t *testing.T) {
 
 // A cancelled job stops its deploy within gitlab-runner's 10 s and rolls back what it activated.
 func TestDeployCancelled(t *testing.T) {
-	f := startFleet(t, 1)
-	tg := f.Targets()[0]
-	cfg := f.config(t, "", "", nil)
-	f.base(t, cfg)
-	before := stateOf(t, tg)
-	nonce := fmt.Sprint(time.Now().UnixNano())
-	r, wait := startJob(t, cfg, deployJobSrc(nonce, map[string]string{"t1": "slow"}, ""))
-	activating(t, tg, nonce)
+	d := interruptedDeploy(t, "")
+	tg, before, r, wait := d.target, d.before, d.runner, d.wait
 	start := time.Now()
 	r.Interrupt()
 	res, log := wait()

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hearth-ci/hearth/internal/testenv"
 	"github.com/hearth-ci/hearth/internal/testenv/sshtarget"
-	"github.com/hearth-ci/hearth/nix/signing"
 )
 
 const pipeline = `# The demo pipeline: hearth exec runs the job below as gitlab-runner would.
@@ -79,39 +78,13 @@ func run() error {
 	}
 	defer fleet.Stop()
 	vps := fleet.Targets()[0]
-	if err := vps.WriteFile("/etc/nix/nix.conf", []byte("build-users-group =\nsandbox = false\nsubstituters =\n"), 0o644); err != nil {
-		return err
-	}
-	cache := parts.FileCacheDir()
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return err
-	}
-	served, err := fleet.ServeDir(cache, 8080)
+	// The server pulls from the binary cache the job pushes to (signed; served to it over HTTP).
+	cache, err := testenv.ServeCache(fleet, filepath.Join(parts.Dir, "deploy"))
 	if err != nil {
 		return err
 	}
-	defer served.Close()
-	key, err := signing.Generate("demo-cache-1")
-	if err != nil {
-		return err
-	}
-	keyFile := filepath.Join(parts.Dir, "cache.secret")
-	if err := os.WriteFile(keyFile, []byte(key.String()), 0o600); err != nil {
-		return err
-	}
-	tables := fmt.Sprintf(`
-[cache.file]
-dir = %q
-signing_key_file = %q
-
-[deploy.targets.vps]
-host = %q
-known_hosts_file = %q
-identity_file = %q
-projects = ["1"]
-substituters = ["http://%s:8080"]
-trusted_public_keys = [%q]
-`, cache, keyFile, vps.Addr, vps.KnownHosts, fleet.Identity, vps.HostAddr, key.Public().String())
+	defer cache.Close()
+	tables := strings.Replace(cache.Tables(fleet, `["1"]`, nil), "[deploy.targets.t1]", "[deploy.targets.vps]", 1)
 	cfg, err := parts.WriteConfig("", "", tables)
 	if err != nil {
 		return err
