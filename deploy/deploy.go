@@ -263,9 +263,16 @@ func (d *Deployer) holdSystems(reqs []Request) (release func(), err error) {
 		return nil, err
 	}
 	id := newID()
-	unlock, err := filelock.Acquire(context.Background(), filepath.Join(d.LockDir, "runs", id+".lock"))
+	lock := filepath.Join(d.LockDir, "runs", id+".lock")
+	unlock, err := filelock.Acquire(context.Background(), lock)
 	if err != nil {
 		return nil, fmt.Errorf("take the deploy's run lock: %w", err)
+	}
+	// hearth gc may have removed the new file before it was locked: its roots would then be
+	// nobody's. The id is new each time, so this happens at most once in a while; say so.
+	if _, err := os.Stat(lock); err != nil {
+		unlock()
+		return nil, fmt.Errorf("the deploy's run lock %s went away as it was taken (a hearth gc at that moment): run the deploy again", lock)
 	}
 	if err := os.MkdirAll(d.Config.GCRootsDir, 0o755); err != nil {
 		unlock()

@@ -26,7 +26,15 @@ type session struct {
 	id         string
 	before     facts
 	activated  bool
+	// begun is set once the target has answered begin: it knows the deploy.
+	begun bool
 }
+
+// Exit codes of hearth-deploy-target's rollback: no such deploy, and one already confirmed.
+const (
+	exitNoDeploy  = 65
+	exitConfirmed = 66
+)
 
 // followMargin is how long after the target's own deadlines hearth still follows an activation.
 const followMargin = 30 * time.Second
@@ -185,15 +193,16 @@ func (s *session) begin(ctx context.Context) (string, error) {
 		seconds(confirm), seconds(s.d.Config.ActivationTimeout.Std()))
 	if err != nil {
 		var ee *exitError
-		if errors.As(err, &ee) {
-			// It answered: nothing began.
+		// It answered, and was not killed: nothing began.
+		if errors.As(err, &ee) && ee.Code < 128 {
 			s.activated = false
 			if ee.Code == 75 {
-				return "", fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, strings.TrimSuffix(f["busy"], ":"))
+				return "", fmt.Errorf("%s is being deployed by another runner (deploy %s holds its lock); try again when it has finished", s.name, f["busy"])
 			}
 		}
 		return "", fmt.Errorf("start the activation on %s: %w", s.name, err)
 	}
+	s.begun = true
 	switch s.action {
 	case "test":
 		s.log("activating %s (test: the profile stays at generation %s); the watchdog rolls back unless confirmed within %s", s.path, orNone(f["previous"]), confirm)
@@ -225,6 +234,9 @@ func (s *session) follow(ctx context.Context) (int, error) {
 		}
 		if !errors.Is(err, errDisconnected) {
 			out.Flush()
+			if errors.Is(err, context.DeadlineExceeded) {
+				return 0, fmt.Errorf("the activation on %s went on %s past [deploy] activation_timeout and confirm_timeout without the target saying how it ended", s.name, followMargin)
+			}
 			return 0, fmt.Errorf("follow the activation on %s: %w", s.name, err)
 		}
 		s.log("the connection dropped during the activation; reconnecting")
@@ -239,7 +251,7 @@ func (s *session) follow(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("read the activation's result on %s: %w", s.name, err)
 	}
 	if v := f["verdict"]; strings.HasPrefix(v, "rollback") {
-		return 0, fmt.Errorf("the watchdog on %s rolled back: %s", s.name, strings.TrimPrefix(v, "rollback:"))
+		return 0, fmt.Errorf("%s rolled back by itself: %s", s.name, strings.TrimPrefix(v, "rollback:"))
 	}
 	status, err := strconv.Atoi(f["status"])
 	if err != nil {
@@ -291,15 +303,22 @@ func (s *session) confirm(ctx context.Context) error {
 		return err
 	}
 	f, err := s.w.call(ctx, c, nil, "confirm", s.id)
-	if errors.Is(err, errDisconnected) {
-		// The confirmation may have arrived and its answer not: ask what was decided.
-		if c2, derr := dial(ctx, s.ep); derr == nil {
-			f, err = s.w.call(ctx, c2, nil, "result", s.id)
-			c2.Close()
-			if err == nil && f["verdict"] != "confirmed" {
-				err = fmt.Errorf("the confirmation did not arrive")
-			}
+	// The confirmation may have arrived and its answer not: ask what was decided, for as long as
+	// the watchdog waits.
+	for deadline := time.Now().Add(s.d.Config.ConfirmTimeout.Std()); errors.Is(err, errDisconnected) && time.Now().Before(deadline) && ctx.Err() == nil; {
+		c2, derr := dial(ctx, s.ep)
+		if derr != nil {
+			time.Sleep(time.Second)
+			continue
 		}
+		f, err = s.w.call(ctx, c2, nil, "result", s.id)
+		if err == nil && f["verdict"] == "" {
+			// Not decided yet: the confirmation never arrived. Send it again.
+			f, err = s.w.call(ctx, c2, nil, "confirm", s.id)
+		} else if err == nil && f["verdict"] != "confirmed" {
+			err = errors.New("its watchdog decided first")
+		}
+		c2.Close()
 	}
 	if err != nil {
 		if v := f["verdict"]; strings.HasPrefix(v, "rollback") {
@@ -340,15 +359,20 @@ func (s *session) rollBack(ctx context.Context, cause error) (Outcome, error) {
 	}}
 	err = c.run(rctx, s.w.command("rollback", s.id, reason), nil, out)
 	out.Flush()
+	var ee *exitError
+	errors.As(err, &ee)
 	switch {
+	case ee != nil && ee.Code == exitNoDeploy && !s.begun:
+		// The target never began it: nothing to roll back.
+		return Failed, cause
+	case ee != nil && ee.Code == exitNoDeploy:
+		return Failed, fmt.Errorf("%w; and %s no longer knows deploy %s (was it rebooted?): see what it runs with hearth deploy status %s", cause, s.name, s.id, s.name)
+	case ee != nil && ee.Code == exitConfirmed:
+		// The confirmation arrived after all: the deploy stands.
+		return Deployed, nil
 	case err != nil && ctx.Err() != nil:
-		return Failed, fmt.Errorf("%w; %s was told to roll back and its watchdog does so", cause, s.name)
+		return Failed, fmt.Errorf("%w; %s was told to roll back, and rolls back by itself what nobody confirms", cause, s.name)
 	case err != nil:
-		var ee *exitError
-		if errors.As(err, &ee) && strings.Contains(ee.Stderr, "no deploy "+s.id) {
-			// The target never began it: nothing to roll back.
-			return Failed, cause
-		}
 		return Failed, fmt.Errorf("%w; and the rollback on %s failed: %v", cause, s.name, err)
 	case code == "none":
 		return Failed, fmt.Errorf("%w; %s keeps the new system: it ran no earlier system to go back to", cause, s.name)

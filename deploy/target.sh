@@ -1,7 +1,7 @@
 #!/bin/sh
 # hearth-deploy-target: everything hearth runs on a deploy target, as root. hearth sends this
 # script to targets it logs in to as root; a target whose deploy user is not root installs it
-# (the deploy-target NixOS module does) and lets that user run exactly this command through sudo.
+# (hearth deploy target-script prints it) and lets that user run exactly this command through sudo.
 #
 #   hello                       facts: protocol, systemd, current system, profile, generation, lock
 #   missing                     which of the store paths on stdin are not valid here
@@ -23,7 +23,7 @@
 #
 # Internal, run in the transient units: activate ID, watchdog ID.
 set -u
-PROTOCOL=3
+PROTOCOL=4
 umask 022
 export PATH=/run/wrappers/bin:/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PROFILE=/nix/var/nix/profiles/system
@@ -97,37 +97,51 @@ stop_unit() {
 	return 0
 }
 
-# The lock is a symlink naming the deploy that holds it and the begin that took it, "ID:PID":
-# created atomically with its content. It is live while that begin runs or the deploy's units do;
-# otherwise its deploy is gone (a crash before the units started, a boot deploy that failed after
-# hearth died) and the lock is stale.
+# The lock is a symlink naming the deploy that holds it and the begin that took it,
+# "ID:PID:START" (START tells a PID apart from a later process that reuses it): created atomically
+# with its content. It is live while that begin runs or one of the deploy's units does; otherwise
+# its deploy is gone (a crash before the units started) and the lock is stale. Taking and
+# releasing it happen under a flock, so that two runners never both clear a stale lock.
+started_at() { cut -d' ' -f22 "/proc/$1/stat" 2>/dev/null; }
+
 lock_owner() {
 	held=$(readlink "$RUN/lock" 2>/dev/null) || return 1
 	owner=${held%%:*}
-	pid=${held#*:}
-	if kill -0 "$pid" 2>/dev/null || unit_active "hearth-deploy-$owner" || unit_active "hearth-deploy-watch-$owner"; then
+	rest=${held#*:}
+	pid=${rest%%:*}
+	if { [ -n "$pid" ] && [ "$(started_at "$pid")" = "${rest#*:}" ]; } ||
+		unit_active "hearth-deploy-$owner" || unit_active "hearth-deploy-watch-$owner" || unit_active "hearth-deploy-rollback-$owner"; then
 		echo "$owner"
 		return 0
 	fi
 	return 1
 }
 
-take_lock() {
+guarded() {
 	mkdir -p "$RUN"
-	for _ in 1 2 3; do
-		ln -s "$1:$$" "$RUN/lock" 2>/dev/null && return 0
-		held=$(readlink "$RUN/lock" 2>/dev/null) || continue
-		if owner=$(lock_owner); then
-			echo "busy=$owner"
-			return 1
-		fi
-		[ "$(readlink "$RUN/lock" 2>/dev/null)" = "$held" ] && rm -f "$RUN/lock"
-	done
-	echo "busy=$(readlink "$RUN/lock" 2>/dev/null)"
-	return 1
+	(
+		flock 9 || exit 1
+		"$@"
+	) 9>"$RUN/lock.guard"
 }
 
-release_lock() {
+take_lock() { guarded take_lock_guarded "$1"; }
+
+take_lock_guarded() {
+	if ln -s "$1:$$:$(started_at $$)" "$RUN/lock" 2>/dev/null; then
+		return 0
+	fi
+	if owner=$(lock_owner); then
+		echo "busy=$owner"
+		return 1
+	fi
+	rm -f "$RUN/lock"
+	ln -s "$1:$$:$(started_at $$)" "$RUN/lock"
+}
+
+release_lock() { guarded release_lock_guarded "$1"; }
+
+release_lock_guarded() {
 	case $(readlink "$RUN/lock" 2>/dev/null) in "$1":*) rm -f "$RUN/lock" ;; esac
 	return 0
 }
@@ -153,6 +167,8 @@ prune_runs() {
 }
 
 cmd_hello() {
+	# In use: prune_runs keeps scripts touched within 30 days.
+	touch "$SELF" 2>/dev/null
 	echo "protocol=$PROTOCOL"
 	if systemd; then echo "systemd=1"; else echo "systemd=0"; fi
 	echo "current=$(readlink -e /run/current-system 2>/dev/null)"
@@ -198,6 +214,8 @@ cmd_realise() {
 			nix-store --realise "$1" --option extra-substituters "$2" --option extra-trusted-public-keys "$3"
 		elif [ -n "$2" ]; then
 			nix-store --realise "$1" --option extra-substituters "$2"
+		elif [ -n "$3" ]; then
+			nix-store --realise "$1" --option extra-trusted-public-keys "$3"
 		else
 			nix-store --realise "$1"
 		fi >/dev/null 2>"$tmp/log" || ok=$?
@@ -256,6 +274,12 @@ cmd_begin() {
 			cp "$run/record.json" "$STATE/generations/$gen.json"
 		fi
 	fi
+	# hearth may have asked for a rollback meanwhile (a cancel, a lost answer): then nothing starts.
+	if [ -n "$(verdict "$id")" ]; then
+		undo_profile "$id"
+		release_lock "$id"
+		die "deploy $id was called off before its activation started"
+	fi
 	if [ "$action" != boot ] && ! start_unit "hearth-deploy-watch-$id" watchdog "$id"; then
 		undo_profile "$id"
 		release_lock "$id"
@@ -277,22 +301,38 @@ cmd_begin() {
 
 cmd_activate() {
 	id=$1
+	check_id "$id"
 	run=$RUN/runs/$id
 	action=$(cat "$run/action")
 	path=$(cat "$run/path")
 	limit=$(cat "$run/activation-timeout")
+	# The marker first, then the verdict: a rollback decided before this point finds no activation
+	# to undo; one decided after it stops this unit.
+	ln -s started "$run/started"
+	case $(verdict "$id") in rollback*)
+		put "$run/status" "called off"
+		exit 0
+		;;
+	esac
 	# The watchdog also stops an activation that outlives the limit; a boot deploy has none.
 	timeout --kill-after=10 "$limit" "$path/bin/switch-to-configuration" "$action" >>"$run/log" 2>&1 </dev/null
-	put "$run/status" "$?"
-	# A boot deploy has no watchdog: nothing was activated, so nothing waits for a confirmation.
-	if [ "$action" = boot ] && [ "$(cat "$run/status")" = 0 ]; then
-		decide "$id" confirmed
+	status=$?
+	put "$run/status" "$status"
+	[ "$action" = boot ] || return 0
+	# A boot deploy has no watchdog: nothing was activated, so nothing waits for a confirmation. A
+	# failed one is undone here, whether or not hearth is still there to ask.
+	if [ "$status" = 0 ] && decide "$id" confirmed; then
 		release_lock "$id"
+		return 0
 	fi
+	decide "$id" "rollback:switch-to-configuration boot exited $status"
+	roll_back "$id" self
+	release_lock "$id"
 }
 
 cmd_watchdog() {
 	id=$1
+	check_id "$id"
 	run=$RUN/runs/$id
 	confirm=$(cat "$run/confirm")
 	limit=$(cat "$run/activation-timeout")
@@ -345,12 +385,18 @@ roll_back() {
 	run=$RUN/runs/$id
 	action=$(cat "$run/action")
 	{
-		stop_unit "hearth-deploy-$id"
+		# Not when it is the activation's own unit that rolls back (a boot deploy).
+		[ "${2:-}" = self ] || stop_unit "hearth-deploy-$id"
 		echo "rolling back: $(verdict "$id" | sed 's/^rollback://')"
 		undo_profile "$id"
 		system=$(cat "$run/prev-system") profile=$(cat "$run/prev-profile")
 		code=0
+		if [ ! -L "$run/started" ]; then
+			echo "the activation never started: the previous system is still the running one"
+			action=none
+		fi
 		case $action in
+		none) ;;
 		boot) activate_previous "$profile" boot ;;
 		test) activate_previous "$system" test ;;
 		*)
@@ -359,7 +405,10 @@ roll_back() {
 			else
 				# The target ran something other than its boot default (a test deploy, a pending
 				# boot one): run that again, and leave the boot default as it was.
-				activate_previous "$system" test && activate_previous "$profile" boot
+				activate_previous "$system" test
+				first=$code
+				activate_previous "$profile" boot
+				[ "$first" = 0 ] || code=$first
 			fi
 			;;
 		esac
@@ -427,30 +476,53 @@ cmd_confirm() {
 	exit 1
 }
 
+# Exit codes hearth tells apart: no such deploy here, and a deploy that was already confirmed.
+NO_DEPLOY=65
+CONFIRMED=66
+
 cmd_rollback() {
 	id=$1
 	check_id "$id"
 	run=$RUN/runs/$id
-	[ -d "$run" ] || die "no deploy $id on this target"
-	decide "$id" "rollback:$2" || true
+	if [ ! -d "$run" ]; then
+		echo "hearth-deploy-target: no deploy $id on this target" >&2
+		exit $NO_DEPLOY
+	fi
+	decide "$id" "rollback:${2:-asked by hearth}" || true
 	case $(verdict "$id") in
 	rollback*) ;;
-	*) die "deploy $id was already confirmed" ;;
+	*)
+		echo "hearth-deploy-target: deploy $id was already confirmed" >&2
+		exit $CONFIRMED
+		;;
 	esac
-	if unit_active "hearth-deploy-watch-$id"; then
-		# The watchdog rolls back; wait for it, as long as an activation may take.
-		limit=$(cat "$run/activation-timeout")
-		ticks=0
-		while [ ! -e "$run/rolledback" ] && [ $ticks -lt $((limit * 5 + 50)) ]; do
-			sleep 0.2
-			ticks=$((ticks + 1))
-		done
-	elif [ ! -e "$run/rolledback" ]; then
-		roll_back "$id"
-		release_lock "$id"
+	limit=$(cat "$run/activation-timeout")
+	# A begin still running sees the verdict before it starts anything; wait for it to end.
+	ticks=0
+	while held=$(readlink "$RUN/lock" 2>/dev/null) && [ "${held%%:*}" = "$id" ] &&
+		rest=${held#*:} && [ "$(started_at "${rest%%:*}")" = "${rest#*:}" ] && [ $ticks -lt 300 ]; do
+		sleep 0.2
+		ticks=$((ticks + 1))
+	done
+	# Then whoever is running for the deploy rolls it back (the watchdog, a boot deploy's own
+	# activation); if nobody is, a unit of its own does, away from this SSH session.
+	if [ ! -e "$run/rolledback" ] && ! unit_active "hearth-deploy-watch-$id" && ! unit_active "hearth-deploy-$id"; then
+		start_unit "hearth-deploy-rollback-$id" rollback-unit "$id"
 	fi
+	# As long as two activations may take: the stopped one's and the previous system's.
+	ticks=0
+	while [ ! -e "$run/rolledback" ] && [ $ticks -lt $(((2 * limit + 30) * 5)) ]; do
+		sleep 0.2
+		ticks=$((ticks + 1))
+	done
 	cat "$run/rollback.log" 2>/dev/null
 	echo "rolledback=$(cat "$run/rolledback" 2>/dev/null)"
+}
+
+cmd_rollback_unit() {
+	check_id "$1"
+	roll_back "$1"
+	release_lock "$1"
 }
 
 cmd_generations() {
@@ -480,6 +552,7 @@ serve) cmd_serve ;;
 begin) cmd_begin "$@" ;;
 activate) cmd_activate "$@" ;;
 watchdog) cmd_watchdog "$@" ;;
+rollback-unit) cmd_rollback_unit "$@" ;;
 follow) cmd_follow "$@" ;;
 result) cmd_result "$@" ;;
 confirm) cmd_confirm "$@" ;;

@@ -142,16 +142,25 @@ func (s *session) send(ctx context.Context, todo []nixstore.PathInfo) error {
 	in, inW := io.Pipe()
 	outR, out := io.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- s.c.run(ctx, s.w.command("serve"), in, out) }()
+	go func() {
+		err := s.c.run(ctx, s.w.command("serve"), in, out)
+		// The session has ended, and reads and writes no more: unblock serve's side of both pipes.
+		in.CloseWithError(errServeEnded)
+		out.CloseWithError(errServeEnded)
+		done <- err
+	}()
 	serr := serve(inW, outR, todo)
-	// The end of its input ends nix-store --serve; nothing more is read from it.
+	// The end of its input ends nix-store --serve.
 	inW.Close()
-	outR.Close()
 	err := <-done
 	var ee *exitError
-	if !errors.As(err, &ee) && serr != nil {
-		// What the target said, when it said something, tells more than a broken pipe.
+	switch {
+	case errors.As(err, &ee):
+		// What the target said tells more than the pipe that broke.
+	case serr != nil && !errors.Is(serr, errServeEnded):
 		err = serr
+	case err == nil && serr != nil:
+		err = errors.New("the target's nix-store --serve stopped before it had every path")
 	}
 	if err != nil {
 		return fmt.Errorf("send %d paths to %s: %w", len(todo), s.name, err)
@@ -160,6 +169,9 @@ func (s *session) send(ctx context.Context, todo []nixstore.PathInfo) error {
 	s.log("sent %d paths (%s) over SSH in %s (%s)", len(todo), bytesize.Format(narBytes(todo)), took.Round(time.Millisecond), bytesize.Rate(narBytes(todo), took))
 	return nil
 }
+
+// errServeEnded is a pipe's end after the session that read or wrote it ended.
+var errServeEnded = errors.New("the session ended")
 
 // The serve protocol's numbers (Nix's serve-protocol.hh).
 const (
@@ -184,8 +196,12 @@ func serve(w io.Writer, r io.Reader, paths []nixstore.PathInfo) error {
 	if magic != serveMagic2 {
 		return fmt.Errorf("the target's nix-store --serve answered %#x, not its greeting", magic)
 	}
-	if _, err := readInt(r); err != nil { // its version
+	version, err := readInt(r)
+	if err != nil {
 		return err
+	}
+	if version < serveVersion {
+		return fmt.Errorf("the target's Nix speaks serve protocol %#x, older than the %#x hearth needs: upgrade its Nix, or use transfer = \"pull\"", version, serveVersion)
 	}
 	writeInt(bw, serveVersion)
 	// Each path is answered once the target has added it; the answers are read meanwhile, so

@@ -18,7 +18,7 @@ import (
 var TargetScript []byte
 
 // protocol is the version of TargetScript's commands this hearth speaks.
-const protocol = "3"
+const protocol = "4"
 
 // TargetCommand is the name an installed hearth-deploy-target is run by, through sudo, when the
 // deploy user is not root.
@@ -69,7 +69,7 @@ func (w wrapper) hello(ctx context.Context, c *conn) (facts, error) {
 	}
 	if err != nil {
 		if ee, ok := err.(*exitError); ok && !w.root && (ee.Code == 1 || ee.Code == 127) {
-			return nil, fmt.Errorf("run %s through sudo: %w. A deploy user that is not root needs hearth-deploy-target installed (`hearth deploy target-script`, or the deploy-target NixOS module) and a sudo rule letting it run that alone without a password", TargetCommand, err)
+			return nil, fmt.Errorf("run %s through sudo: %w. A deploy user that is not root needs hearth-deploy-target installed (`hearth deploy target-script`) and a sudo rule letting it run that alone without a password", TargetCommand, err)
 		}
 		return nil, fmt.Errorf("start hearth-deploy-target: %w", err)
 	}

@@ -42,17 +42,19 @@ func repoPath(p *Payload) string {
 	return strings.TrimSuffix(strings.Trim(u.Path, "/"), ".git")
 }
 
-// requestsDir is the job's project dir on the host, when the executor can say where its builds
-// dir is.
-func (d *Driver) requestsDir(p *Payload) (projectDir, bool) {
+// requestsDir is the job's project dir on the host; ok is false for a job without a builds dir.
+func (d *Driver) requestsDir(p *Payload) (dir projectDir, ok bool, err error) {
 	if d.Exec == nil {
-		return projectDir{}, false
+		return projectDir{}, false, nil
 	}
 	builds, err := d.Exec.BuildsDir(ContainerID(p))
-	if err != nil || builds == "" {
-		return projectDir{}, false
+	if err != nil {
+		return projectDir{}, false, fmt.Errorf("find the job's builds dir for its deploy requests: %w", err)
 	}
-	return projectDir{Builds: builds, Repo: repoPath(p)}, true
+	if builds == "" {
+		return projectDir{}, false, nil
+	}
+	return projectDir{Builds: builds, Repo: repoPath(p)}, true, nil
 }
 
 // allowedTargets lists the targets this job's project and ref may deploy to.
@@ -129,9 +131,9 @@ func (d *Driver) checkSystem(ctx context.Context, path string) (refusal string, 
 // deploys carries out the deploys the job asked for, after its script succeeded and the push is
 // done. No request means nothing to do and nothing in the log.
 func (d *Driver) deploys(ctx context.Context, p *Payload) error {
-	dir, ok := d.requestsDir(p)
-	if !ok {
-		return nil
+	dir, ok, err := d.requestsDir(p)
+	if !ok || err != nil {
+		return err
 	}
 	reqs, err := readRequests(dir)
 	if err != nil {

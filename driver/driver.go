@@ -130,7 +130,11 @@ func (d *Driver) Run(ctx context.Context, scriptPath, stage string) error {
 		return fmt.Errorf("read the %s script: %w", stage, err)
 	}
 	if isUserScript(stage) {
-		if dir, ok := d.requestsDir(p); ok {
+		dir, ok, err := d.requestsDir(p)
+		if err != nil {
+			return err
+		}
+		if ok {
 			clearRequests(dir)
 		}
 	}

@@ -768,7 +768,11 @@ func TestDeployActions(t *testing.T) {
 		{"boot", "ok", func(b state, sys string) state { return state{b.current, sys, ""} },
 			[]string{"is the boot default; it becomes active at the next reboot", "t1: deployed generation"}},
 		{"boot", "exit2", func(b state, _ string) state { return b },
-			[]string{"switch-to-configuration boot on t1 failed with exit code 1", "t1: rolled back"}},
+			[]string{"t1 rolled back by itself: switch-to-configuration boot exited 1", "t1: rolled back"}},
+		// Now the target runs the test system and boots the boot one: a failed switch goes back to
+		// both, each as it was.
+		{"switch", "exit2", func(b state, _ string) state { return b },
+			[]string{"activating the previous system", "(test)", "(boot)", "t1: rolled back"}},
 	} {
 		t.Run(tc.action+" "+tc.mode, func(t *testing.T) {
 			cfg := f.config(t, "", "", func(string) string { return fmt.Sprintf("action = %q", tc.action) })
