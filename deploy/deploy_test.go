@@ -41,12 +41,16 @@ func TestGenerations(t *testing.T) {
 	out := "1\t/nix/store/aaaa-nixos-system-a\t1700000000\t\t\n" +
 		"2\t/nix/store/bbbb-nixos-system-b\t1700000100\t\t{\"job\":\"77\",\"project\":\"g/p\",\"time\":\"2026-12-01T12:00:00Z\",\"path\":\"/nix/store/bbbb-nixos-system-b\",\"action\":\"switch\"}\n" +
 		"3\t/nix/store/cccc-nixos-system-c\t1700000200\tcurrent\t\n"
+	out = strings.Replace(out, `"job":"77"`, `"job":"77","url":"https://x/\u001b[2Jjob"`, 1)
 	gens, err := parseGenerations(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(gens) != 3 || !gens[2].Current || gens[1].Origin == nil || gens[1].Origin.Job != "77" || gens[0].Origin != nil || !gens[0].Time.Equal(time.Unix(1700000000, 0)) {
 		t.Fatalf("parsed %+v", gens)
+	}
+	if u := gens[1].Origin.URL; u != "https://x/ [2Jjob" {
+		t.Fatalf("a control character in a record reached the output: %q", u)
 	}
 	prev, err := Previous(gens)
 	if err != nil || prev.Number != 2 {

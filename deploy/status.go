@@ -63,6 +63,10 @@ func parseGenerations(out string) ([]Generation, error) {
 		if f[4] != "" {
 			var o Origin
 			if err := json.Unmarshal([]byte(f[4]), &o); err == nil {
+				// Some of it came from a job's variables: printable text only.
+				for _, p := range []*string{&o.Job, &o.Pipeline, &o.Project, &o.ProjectID, &o.Ref, &o.Commit, &o.URL, &o.Runner, &o.By, &o.Path, &o.Action} {
+					*p = firstLine(*p)
+				}
 				g.Origin = &o
 			}
 		}

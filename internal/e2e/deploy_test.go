@@ -801,3 +801,36 @@ func TestDeployActions(t *testing.T) {
 		})
 	}
 }
+
+// Four begins at once on one target, as four runner hosts would: one takes the target's lock, the
+// others are refused, and none is left holding it once the one is confirmed.
+func TestTargetLockRace(t *testing.T) {
+	f := startFleet(t, 1)
+	tg := f.Targets()[0]
+	base := f.base(t, f.config(t, "", "", nil))
+	out, err := tg.Run(`P=$(ls /var/lib/hearth-deploy/bin/hearth-deploy-target-* | head -n 1)
+for i in 1 2 3 4; do (echo '{}' | $P begin race-$i switch ` + base + ` 5 20 >/tmp/begin-$i 2>&1; echo "$i $?" >/tmp/code-$i) & done
+wait
+cat /tmp/code-*`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var won []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		i, code, _ := strings.Cut(l, " ")
+		switch code {
+		case "0":
+			won = append(won, i)
+		case "75":
+		default:
+			t.Fatalf("begin %s exited %s:\n%s", i, code, out)
+		}
+	}
+	if len(won) != 1 {
+		t.Fatalf("begins that took the lock: %v\n%s", won, out)
+	}
+	if out, err := tg.Run(`P=$(ls /var/lib/hearth-deploy/bin/hearth-deploy-target-* | head -n 1)
+sleep 1; $P confirm race-` + won[0] + ` && sleep 0.5 && $P hello | grep '^lock='`); err != nil || strings.TrimSpace(out) != "verdict=confirmed\nlock=" {
+		t.Fatalf("after the confirmation: %v %q", err, out)
+	}
+}
