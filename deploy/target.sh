@@ -438,6 +438,9 @@ cmd_follow() {
 	run=$RUN/runs/$id
 	[ -d "$run" ] || die "no deploy $id on this target"
 	off=$2
+	# Every 50 ms for the first two seconds (most activations of a small change end by then), then
+	# every 200 ms.
+	polls=0
 	while :; do
 		ended=0
 		[ -e "$run/status" ] || [ -n "$(verdict "$id")" ] && ended=1
@@ -447,6 +450,9 @@ cmd_follow() {
 			off=$size
 		elif [ $ended = 1 ]; then
 			return 0
+		elif [ $polls -lt 40 ]; then
+			sleep 0.05
+			polls=$((polls + 1))
 		else
 			sleep 0.2
 		fi
