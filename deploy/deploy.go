@@ -171,8 +171,7 @@ func (d *Deployer) log(target, format string, args ...any) {
 	}
 }
 
-// deploy runs one target's deploy under this host's lock for the target, with a GC root keeping
-// the system alive here until it ends.
+// deploy runs one target's deploy under this host's lock for the target.
 func (d *Deployer) deploy(ctx context.Context, req Request) Result {
 	res := Result{Target: req.Target, Path: req.Path}
 	t, ok := d.Config.Targets[req.Target]
