@@ -84,7 +84,10 @@ func run() error {
 		return err
 	}
 	defer cache.Close()
-	tables := strings.Replace(cache.Tables(fleet, `["1"]`, nil), "[deploy.targets.t1]", "[deploy.targets.vps]", 1)
+	// The deploy's GC roots go in the demo's own directory, which goes when the demo ends (nothing
+	// collects garbage meanwhile), rather than in the host's /nix/var/nix/gcroots.
+	tables := fmt.Sprintf("\n[deploy]\ngc_roots_dir = %q\n", filepath.Join(parts.Dir, "gcroots")) +
+		strings.Replace(cache.Tables(fleet, `["1"]`, nil), "[deploy.targets.t1]", "[deploy.targets.vps]", 1)
 	cfg, err := parts.WriteConfig("", "", tables)
 	if err != nil {
 		return err
