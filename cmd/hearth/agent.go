@@ -26,7 +26,7 @@ func agentCommand() *cli.Command {
 			term := make(chan os.Signal, 1)
 			signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 			go func() { <-term; os.Exit(0) }()
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("job", c.String(agent.FlagJob))
+			log := slog.New(slog.NewTextHandler(agent.CappedLog(os.Stderr, agent.MaxLog), nil)).With("job", c.String(agent.FlagJob))
 			s := &agent.Server{Socket: c.String(agent.FlagSocket), StopTimeout: c.Duration(agent.FlagStopTimeout), Log: log}
 			return s.Serve()
 		},

@@ -177,3 +177,27 @@ func TestSymlinkedSocketIsRefused(t *testing.T) {
 		t.Fatalf("Ping of a regular file: %v", err)
 	}
 }
+
+// A run request with a long stage name is refused before anything logs it, and the log stops
+// growing at its cap however much is logged.
+func TestLogIsBounded(t *testing.T) {
+	sock := startServer(t)
+	var out syncBuffer
+	code, err := Run(context.Background(), sock, Request{Stage: strings.Repeat("x", 1<<20), Script: "echo ran"}, &out, time.Second)
+	if err == nil && code == 0 || strings.Contains(out.String(), "ran") {
+		t.Fatalf("a stage named by a megabyte ran: code %d, %v, %q", code, err, out.String())
+	}
+	if err == nil || !strings.Contains(err.Error(), "longer than 128") {
+		t.Fatalf("error %v does not say why", err)
+	}
+	var b strings.Builder
+	w := CappedLog(&b, 1000)
+	for i := 0; i < 100; i++ {
+		if n, err := w.Write([]byte(strings.Repeat("y", 99) + "\n")); n != 100 || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	if b.Len() > 1100 || !strings.HasSuffix(b.String(), "agent log truncated: it reached its limit of 1048576 bytes\n") {
+		t.Fatalf("capped log of %d bytes ends %q", b.Len(), b.String()[max(0, b.Len()-80):])
+	}
+}

@@ -78,6 +78,11 @@ func (s *Server) handle(conn net.Conn) {
 			_ = writeJSON(conn, frameExit, Exit{Code: -1, Error: "bad request: " + err.Error()})
 			return
 		}
+		// The stage name is the client's to choose, and it is logged: keep it short.
+		if len(req.Stage) > maxStage {
+			_ = writeJSON(conn, frameExit, Exit{Code: -1, Error: fmt.Sprintf("bad request: a stage name of %d bytes is longer than %d", len(req.Stage), maxStage)})
+			return
+		}
 		s.run(conn, req)
 	default:
 		_ = writeJSON(conn, frameExit, Exit{Code: -1, Error: fmt.Sprintf("unknown frame type %q", typ)})
