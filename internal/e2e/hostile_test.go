@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,5 +44,42 @@ func TestAgentLogStaysBounded(t *testing.T) {
 	// 80 MiB of stage names were sent; the log holds a few lines.
 	if refused != 20 || fi.Size() > 64<<10 {
 		t.Fatalf("%d of 20 requests refused; agent.log is %d bytes", refused, fi.Size())
+	}
+}
+
+// The container's hardening, seen from inside a job: a read-only root and /sys, tmpfs /tmp and
+// /root, no new privileges, seccomp filtering, and none of the capabilities that would let root in
+// the container reach the host (in a user namespace, on top).
+func TestContainerHardening(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	res, log := runJob(t, cfg, `probe:
+  script:
+    - grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status
+    - if touch /hearth-probe 2>/dev/null; then echo ROOT-WRITABLE; else echo root-is-read-only; fi
+    - if touch /sys/hearth-probe 2>/dev/null || (echo 1 > /sys/kernel/mm/ksm/run) 2>/dev/null; then echo SYS-WRITABLE; else echo sys-is-read-only; fi
+    - awk '$5 == "/tmp" || $5 == "/root" { print "mount", $5, $(NF-2) }' /proc/self/mountinfo
+    - echo uid_map $(cat /proc/self/uid_map)
+`, "probe")
+	if res.Err != nil {
+		t.Fatalf("probe: %v\n%s", res.Err, log)
+	}
+	mustContain(t, log, "NoNewPrivs:\t1", "Seccomp:\t2", "root-is-read-only", "sys-is-read-only", "mount /tmp tmpfs", "mount /root tmpfs")
+	if strings.Contains(log, "\nROOT-WRITABLE") || strings.Contains(log, "\nSYS-WRITABLE") {
+		t.Fatalf("the probe could write where it must not:\n%s", log)
+	}
+	// Container root is an unprivileged host uid.
+	if !strings.Contains(log, "uid_map 0 100000 65536") {
+		t.Fatalf("uid map:\n%s", log)
+	}
+	var capEff uint64
+	for _, l := range strings.Split(log, "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:\t"); ok {
+			fmt.Sscanf(v, "%x", &capEff)
+		}
+	}
+	for name, bit := range map[string]uint{"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_SYS_PTRACE": 19, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_TIME": 25, "CAP_DAC_READ_SEARCH": 2} {
+		if capEff&(1<<bit) != 0 {
+			t.Errorf("the job has %s (CapEff %x)", name, capEff)
+		}
 	}
 }
