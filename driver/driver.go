@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/config"
@@ -98,6 +99,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		Project:   fmt.Sprint(p.JobInfo.ProjectID),
 		Protected: p.Protected(),
 		Env:       env,
+		Timeout:   time.Duration(p.RunnerInfo.Timeout) * time.Second,
 	}
 	for _, c := range p.Credentials {
 		if c.Type == "registry" {

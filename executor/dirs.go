@@ -25,6 +25,8 @@ type state struct {
 	Created time.Time `json:"created"`
 	// Claim is the claim file of the builds dir this job holds, when it holds one.
 	Claim string `json:"claim,omitempty"`
+	// Timeout is the job's timeout, 0 when the payload gave none.
+	Timeout time.Duration `json:"timeout,omitempty"`
 }
 
 func (e *Executor) writeState(st state) error {

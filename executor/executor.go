@@ -77,6 +77,9 @@ type JobSpec struct {
 	Protected   bool
 	Env         Environment
 	Credentials []Credential
+	// Timeout is the job's timeout (from its payload): gc removes a job that outlives it by more
+	// than its idle limit, whatever else says it is busy.
+	Timeout time.Duration
 }
 
 // JobError is an error caused by what the job asked for (a missing image, an image without
@@ -162,6 +165,7 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 	// kill and the exit frame's way back. stop_timeout is at most 6 s, so a stage always ends
 	// within the 10 s gitlab-runner waits after SIGTERM.
 	grace := e.cfg.Jobs.StopTimeout.Std() + 3*time.Second
+	defer e.active(id)()
 	code, err := agent.Run(ctx, sock, agent.Request{Stage: stage, Script: script}, out, grace)
 	if err != nil {
 		return 0, fmt.Errorf("run stage %s in %s: %w", stage, id, err)

@@ -12,15 +12,13 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/defaults"
-
-	"github.com/hearth-ci/hearth/executor/agent"
 )
 
 // GC removes what jobs left behind when their cleanup never ran (the runner was killed, the host
-// crashed): containers whose agent has had no stage to run for longer than olderThan, or whose
-// agent is gone and that are older than that; then snapshots, state dirs and builds-dir claims that
-// belong to no container. A container with a stage in progress is never touched. It reports each
-// removal to log.
+// crashed): containers no driver call has touched for longer than olderThan, or that outlived
+// their job's timeout by that much; then snapshots, state dirs and builds-dir claims that belong to
+// no container. A container with a driver call in progress, within its job's timeout, is never
+// touched. It reports each removal to log.
 func (e *Executor) GC(ctx context.Context, olderThan time.Duration, log io.Writer) error {
 	client, err := e.connect(ctx)
 	if err != nil {
@@ -55,30 +53,35 @@ func (e *Executor) GC(ctx context.Context, olderThan time.Duration, log io.Write
 	return e.gcClaims(live, now, olderThan, log)
 }
 
-// stale decides whether a job container is an orphan, and says why.
+// stale decides whether a job container is an orphan, and says why, from what is on the host: a
+// driver call in progress spares it, unless the job has outlived its timeout by more than
+// olderThan; otherwise it is an orphan once no driver call has started or ended for olderThan.
+// The job's agent is not asked: the job can answer in its place.
 func (e *Executor) stale(ctx context.Context, c containerd.Container, now time.Time, olderThan time.Duration) (bool, string) {
-	// A live agent answers at once; one that takes 2 s is judged by its container's age instead.
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	st, err := agent.Ping(pctx, e.agentSocket(c.ID()))
-	cancel()
-	if err == nil {
-		if st.Running > 0 {
-			return false, ""
-		}
-		idle := now.Sub(st.IdleSince)
-		return idle > olderThan, fmt.Sprintf("no stage ran for %s", idle.Round(time.Second))
+	created := time.Time{}
+	if labels, err := c.Labels(ctx); err == nil {
+		created, _ = time.Parse(time.RFC3339, labels[LabelCreated])
 	}
-	labels, lerr := c.Labels(ctx)
-	if lerr != nil {
-		return false, ""
+	st, err := e.readState(c.ID())
+	if err == nil && created.IsZero() {
+		created = st.Created
 	}
-	created, perr := time.Parse(time.RFC3339, labels[LabelCreated])
-	if perr != nil {
+	if created.IsZero() {
 		// Without a creation time hearth cannot judge its age; leave it for a person to look at.
 		return false, ""
 	}
-	age := now.Sub(created)
-	return age > olderThan, fmt.Sprintf("its agent does not answer and it was created %s ago", age.Round(time.Second))
+	if err == nil && st.Timeout > 0 && now.Sub(created) > st.Timeout+olderThan {
+		return true, fmt.Sprintf("it was created %s ago, past the job's timeout of %s", now.Sub(created).Round(time.Second), st.Timeout)
+	}
+	running, last := e.activity(c.ID())
+	if running {
+		return false, ""
+	}
+	if last.IsZero() {
+		last = created
+	}
+	idle := now.Sub(last)
+	return idle > olderThan, fmt.Sprintf("no driver call for %s", idle.Round(time.Second))
 }
 
 func (e *Executor) gcSnapshots(ctx context.Context, client *containerd.Client, live map[string]bool, now time.Time, olderThan time.Duration, log io.Writer) error {

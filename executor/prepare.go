@@ -58,6 +58,7 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if err != nil {
 		return err
 	}
+	defer e.active(job.ID)()
 	if job.Env.Image != "" {
 		// The first job of an image remaps its root to the user namespace, in a snapshot that
 		// later jobs share: one prepare at a time does that, and a cancelled prepare does not
@@ -115,7 +116,7 @@ func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
 	if err := os.MkdirAll(d.agent, 0o700); err != nil {
 		return d, fmt.Errorf("make job dir: %w", err)
 	}
-	st := state{ID: job.ID, Created: created}
+	st := state{ID: job.ID, Created: created, Timeout: job.Timeout}
 	if err := e.writeState(st); err != nil {
 		return d, err
 	}

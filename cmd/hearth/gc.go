@@ -15,8 +15,10 @@ func gcCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "gc",
 		Usage: "remove job containers, snapshots and dirs whose job is gone, and what ended deploys left",
-		Description: "A job container is orphaned when no stage has run in it for longer than --older-than\n" +
-			"(or its agent is gone and it is that old). Containers with a stage in progress are never removed.",
+		Description: "A job container is orphaned when no driver call has started or ended for longer than --older-than,\n" +
+			"or when it has outlived its job's timeout by that much. hearth judges from what its driver calls leave\n" +
+			"on the host, never from the job's agent. A container with a driver call in progress, within its job's\n" +
+			"timeout, is never removed.",
 		Flags: []cli.Flag{
 			configFlag(),
 			// A job's stages follow each other within seconds; an hour without one means nobody

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hearth-ci/hearth/jobcontainer"
 )
 
 // A driver killed with SIGKILL in the middle of a job (the runner died with it, so no cleanup
@@ -131,5 +134,71 @@ func TestCleanupIsIdempotent(t *testing.T) {
 	code, out := j.runScript("build_script", "echo RAN\n")
 	if code != 2 || strings.Contains(out, "RAN") || !strings.Contains(out, "is not running") {
 		t.Fatalf("a stage after cleanup: exit %d\n%s", code, out)
+	}
+}
+
+// A job that answers its agent's socket itself, saying a stage runs for ever, does not keep gc
+// away: gc judges from the driver calls' traces on the host. A job younger than --older-than
+// survives; a stage still running past the job's timeout does not.
+func TestGCDoesNotTrustTheAgent(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	liar := newDriverJob(t, cfg, "")
+	if code, out := liar.call("prepare"); code != 0 {
+		t.Fatalf("prepare exited %d:\n%s", code, out)
+	}
+	defer liar.call("cleanup")
+	// The job's own server in place of its agent's socket (the socket is in the job's agent dir).
+	sock := filepath.Join(parts.StateDir(), "jobs", liar.containerID(), "agent", jobcontainer.AgentSocketName)
+	if err := os.Remove(sock); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			// A ping frame answered with a status that says a stage is running.
+			body := []byte(`{"running":1,"idle_since":"` + time.Now().Format(time.RFC3339) + `"}`)
+			c.Write(append([]byte{'P', 0, 0, 0, byte(len(body))}, body...))
+			c.Close()
+		}
+	}()
+	if out, err := exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1h").CombinedOutput(); err != nil || strings.Contains(string(out), liar.containerID()) {
+		t.Fatalf("gc --older-than 1h removed a job that is seconds old: %v\n%s", err, out)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	out, err := exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "removed container "+liar.containerID()+": no driver call for") {
+		t.Fatalf("gc spared the job whose socket says it is busy: %v\n%s", err, out)
+	}
+	assertNothingLeft(t, liar.containerID())
+
+	// A stage that runs past the job's timeout (2 s here) is not spared by its driver's lock.
+	late := newDriverJob(t, cfg, "")
+	b, _ := os.ReadFile(filepath.Join(late.dir, "response.json"))
+	os.WriteFile(filepath.Join(late.dir, "response.json"), []byte(strings.Replace(string(b), `"job_info"`, `"runner_info":{"timeout":2},"job_info"`, 1)), 0o600)
+	if code, out := late.call("prepare"); code != 0 {
+		t.Fatalf("prepare exited %d:\n%s", code, out)
+	}
+	defer late.call("cleanup")
+	stage := late.command("run", late.scriptFile("build_script", "sleep 600\n"), "build_script")
+	if err := stage.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stage.Process.Kill(); _ = stage.Wait() }()
+	waitFor(t, "the stage to start", 20*time.Second, func() bool { return len(sleepers(late.containerID())) > 0 })
+	if out, err := exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput(); err != nil || strings.Contains(string(out), late.containerID()) {
+		t.Fatalf("gc removed a job within its timeout while its stage runs: %v\n%s", err, out)
+	}
+	time.Sleep(3500 * time.Millisecond)
+	out, err = exec.Command(parts.Hearth, "--config", cfg, "gc", "--older-than", "1s").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "removed container "+late.containerID()+": it was created") || !strings.Contains(string(out), "past the job's timeout of 2s") {
+		t.Fatalf("gc spared a job past its timeout: %v\n%s", err, out)
 	}
 }
