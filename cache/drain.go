@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -12,6 +13,9 @@ type DrainResult struct {
 	Entries int
 	// Corrupt lists entries that could not be read; they stay queued.
 	Corrupt []error
+	// Rejected lists entries moved out of the queue because a path of theirs differs from the
+	// store's record (see rejected.go).
+	Rejected []error
 }
 
 // Drain pushes the entries the queue holds that no other drainer holds, a batch at a time, and
@@ -45,8 +49,9 @@ func drain(ctx context.Context, p *Pusher, take func(context.Context) (*Batch, e
 			return res, nil
 		}
 		res.Entries += len(b.Entries)
-		sum, err := drainBatch(ctx, b, p)
+		sum, rejected, err := drainBatch(ctx, b, p)
 		res.Summary = res.Summary.add(sum)
+		res.Rejected = append(res.Rejected, rejected...)
 		b.Release()
 		if err != nil {
 			return res, err
@@ -57,19 +62,20 @@ func drain(ctx context.Context, p *Pusher, take func(context.Context) (*Batch, e
 	}
 }
 
-func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, error) {
+func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, []error, error) {
 	paths, err := entryPaths(ctx, p.Store, b.Entries...)
 	if err != nil {
-		return Summary{}, err
+		return Summary{}, nil, err
 	}
 	sum, err := p.Push(ctx, paths, Closures)
 	if err == nil {
-		return sum, b.Done()
+		return sum, nil, b.Done()
 	}
-	if len(b.Entries) == 1 || ctx.Err() != nil {
-		return sum, err
+	if ctx.Err() != nil || (len(b.Entries) == 1 && !errors.Is(err, ErrNarMismatch)) {
+		return sum, nil, err
 	}
-	first := err
+	var first error
+	var rejected []error
 	failed := 0
 	for i, e := range b.Entries {
 		paths, err := entryPaths(ctx, p.Store, e)
@@ -78,15 +84,27 @@ func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, error) {
 			s, err = p.Push(ctx, paths, Closures)
 			sum = sum.add(s)
 		}
-		if err != nil {
+		switch {
+		case err == nil:
+			if err := b.finish(i); err != nil {
+				return sum, rejected, err
+			}
+		case errors.Is(err, ErrNarMismatch):
+			if rerr := b.reject(i, err); rerr != nil {
+				return sum, rejected, rerr
+			}
+			rejected = append(rejected, fmt.Errorf("rejected, and moved out of the queue (hearth cache rejected lists it): %w", err))
+		default:
+			if first == nil {
+				first = err
+			}
 			failed++
-			continue
-		}
-		if err := b.finish(i); err != nil {
-			return sum, err
 		}
 	}
-	return sum, fmt.Errorf("%d of %d queued builds were not pushed and stay queued: %w", failed, len(b.Entries), first)
+	if failed == 0 {
+		return sum, rejected, nil
+	}
+	return sum, rejected, fmt.Errorf("%d of %d queued builds were not pushed and stay queued: %w", failed, len(b.Entries), first)
 }
 
 // entryPaths lists the paths entries name: their outputs, and the outputs of their derivations.

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,5 +174,49 @@ func TestDrainWaitingWaitsForOtherDrainers(t *testing.T) {
 	_, err := DrainWaiting(ctx, q, &Pusher{Backend: newFakeBackend(), Store: store})
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait for another push of queue entry") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// A path whose NAR differs from the store's record is rejected: its entry, and the entries of what
+// references it, leave the queue for the rejected dir; the others are pushed, and the drain
+// succeeds. The next drain does not see them; a requeue puts them back.
+func TestDrainRejectsMismatchedNARs(t *testing.T) {
+	store := newFakeStore()
+	q, paths := queueWith(t, store, "a", "poisoned", "c")
+	// A fourth build that references the poisoned path.
+	dependent := store.add(fakePath(200, "uses-poisoned"), paths[1])
+	if err := q.Add([]string{dependent}, ""); err != nil {
+		t.Fatal(err)
+	}
+	backend := newFakeBackend()
+	backend.fail[paths[1]] = fmt.Errorf("push %s: %w", paths[1], ErrNarMismatch)
+	res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store})
+	if err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if len(res.Rejected) != 2 || !backend.has(paths[0]) || !backend.has(paths[2]) || backend.has(paths[1]) || backend.has(dependent) {
+		t.Fatalf("rejected %v, uploaded %v", res.Rejected, backend.uploads())
+	}
+	if n := entries(t, q); n != 0 {
+		t.Fatalf("%d entries left in the queue", n)
+	}
+	rejected, err := q.Rejected()
+	if err != nil || len(rejected) != 2 || !strings.Contains(rejected[0].Why, "NAR differs from the store's record") {
+		t.Fatalf("rejected list: %+v, %v", rejected, err)
+	}
+	res, err = Drain(context.Background(), q, &Pusher{Backend: backend, Store: store})
+	if err != nil || res.Entries != 0 || len(res.Rejected) != 0 {
+		t.Fatalf("second drain: %+v, %v", res, err)
+	}
+	if n, err := q.Requeue(paths[1]); n != 1 || err != nil {
+		t.Fatalf("requeue: %d, %v", n, err)
+	}
+	if _, err := q.Requeue("/nix/store/00000000000000000000000000000000-nothing"); err == nil {
+		t.Fatal("requeue of a path nothing names succeeded")
+	}
+	// Repaired: it goes up now.
+	delete(backend.fail, paths[1])
+	if res, err := Drain(context.Background(), q, &Pusher{Backend: backend, Store: store}); err != nil || res.Pushed != 1 || !backend.has(paths[1]) {
+		t.Fatalf("after the requeue: %+v, %v", res, err)
 	}
 }

@@ -199,7 +199,8 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 				if dep, ok := results[ref]; ok && ref != in.Path {
 					<-dep.done
 					if dep.err != nil {
-						res.err = fmt.Errorf("%s: not pushed because %s, which it references, failed", in.Path, ref)
+						// Wrapped: a path that references a rejected one is rejected too.
+						res.err = fmt.Errorf("%s: not pushed because %s, which it references, failed: %w", in.Path, ref, dep.err)
 						break
 					}
 				}

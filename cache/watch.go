@@ -40,6 +40,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 					w.Log.Error("corrupt queue entry", "err", ce)
 				}
 			}
+			// Rejected entries leave the queue: each is reported once, by the drain that moved it.
+			for _, re := range res.Rejected {
+				w.Log.Error("queue entry rejected", "err", re)
+			}
 			switch {
 			case ctx.Err() != nil:
 				return nil

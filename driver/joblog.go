@@ -41,6 +41,9 @@ func flush(ctx context.Context, log io.Writer, f Flusher) error {
 	for _, c := range res.Corrupt {
 		warning(log, "%v", c)
 	}
+	for _, r := range res.Rejected {
+		warning(log, "%v", r)
+	}
 	if res.Entries == 0 && err == nil {
 		fmt.Fprintln(log, "nothing was waiting to be pushed")
 		return nil

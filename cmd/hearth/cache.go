@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,6 +39,44 @@ func cacheCommand() *cli.Command {
 				// directory read a second.
 				Flags:  []cli.Flag{configFlag(), &cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "how often to look at the queue"}},
 				Action: watchAction,
+			},
+			{
+				Name:  "rejected",
+				Usage: "list the queued builds that were rejected (a path differs from the store's record), or requeue one",
+				Description: "A queued build whose NAR, read from the store, differs from what the store recorded\n" +
+					"(a store path rewritten after it was registered) is moved out of the queue rather than\n" +
+					"retried for ever. Repair the path (nix-store --repair-path, or delete it), then requeue it.",
+				Flags: []cli.Flag{configFlag(), &cli.StringFlag{Name: "requeue", Usage: "put the rejected entries naming `PATH` back in the queue"}},
+				Action: func(c *cli.Context) error {
+					cfg, err := loadConfig(c)
+					if err != nil {
+						return err
+					}
+					q := open.Queue(cfg)
+					if p := c.String("requeue"); p != "" {
+						n, err := q.Requeue(nixstore.Resolve(p))
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "requeued %d entries; the next push takes them\n", n)
+						return nil
+					}
+					rejected, err := q.Rejected()
+					if err != nil {
+						return err
+					}
+					if len(rejected) == 0 {
+						fmt.Fprintln(c.App.Writer, "no queued build was rejected")
+					}
+					for _, r := range rejected {
+						what := strings.Join(r.Outputs, " ")
+						if r.Drv != "" {
+							what = r.Drv
+						}
+						fmt.Fprintf(c.App.Writer, "%s\n    %s\n", what, r.Why)
+					}
+					return nil
+				},
 			},
 			{
 				Name:      "push",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,5 +82,43 @@ func TestContainerHardening(t *testing.T) {
 		if capEff&(1<<bit) != 0 {
 			t.Errorf("the job has %s (CapEff %x)", name, capEff)
 		}
+	}
+}
+
+// A queued path rewritten in the store after it was registered (what a poisoning attack leaves)
+// can never be pushed. With [cache] required, it used to fail every later job as a system failure;
+// now its entry is rejected once, with a warning in the job log, and later jobs push normally.
+func TestPoisonedPathIsRejectedNotRetried(t *testing.T) {
+	cfg := writeCacheConfig(t, "", "required = true", "")
+	d := daemonOf(t)
+	nonce := fmt.Sprint("poison-", time.Now().UnixNano())
+	outs, err := d.BuildChain(nonce, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poisoned := outs[0]
+	// Rewrite the registered path, as the holder of a smuggled descriptor would.
+	data := filepath.Join(poisoned, "bin", "data")
+	if err := os.Chmod(data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(data, []byte("poisoned\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing else uses it: out of the store with it afterwards.
+	t.Cleanup(func() { d.Nix("nix-store", "--delete", poisoned) })
+	for i := 0; i < 2; i++ {
+		res, log := runJob(t, cfg, buildJob(fmt.Sprint(nonce, "-job-", i), 1, ""), "build")
+		if res.Err != nil {
+			t.Fatalf("job %d failed: %v\n%s", i, res.Err, log)
+		}
+		rejectedLine := strings.Contains(log, "rejected, and moved out of the queue") && strings.Contains(log, poisoned)
+		if rejectedLine != (i == 0) {
+			t.Fatalf("job %d: the rejection reported %v, want only in the first job\n%s", i, rejectedLine, log)
+		}
+	}
+	out, err := exec.Command(parts.Hearth, "--config", cfg, "cache", "rejected").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), poisoned) || !strings.Contains(string(out), "NAR differs from the store's record") {
+		t.Fatalf("cache rejected: %v\n%s", err, out)
 	}
 }
