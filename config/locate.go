@@ -20,7 +20,7 @@ func locateKey(src []byte, key toml.Key) int {
 		}
 		if strings.HasPrefix(line, "[") {
 			header := strings.Trim(strings.SplitN(line, "]", 2)[0], "[] \t")
-			if line[:2] == "[[" {
+			if strings.HasPrefix(line, "[[") {
 				header = strings.Trim(strings.SplitN(line, "]]", 2)[0], "[] \t")
 			}
 			table = splitDotted(header)
