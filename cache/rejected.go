@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -88,7 +89,7 @@ func (q Queue) Requeue(path string) (int, error) {
 	}
 	n := 0
 	for _, r := range rejected {
-		if r.Drv != path && !contains(r.Outputs, path) {
+		if r.Drv != path && !slices.Contains(r.Outputs, path) {
 			continue
 		}
 		if err := os.Rename(r.Path, filepath.Join(q.Dir, filepath.Base(r.Path))); err != nil {
@@ -103,13 +104,4 @@ func (q Queue) Requeue(path string) (int, error) {
 		return 0, fmt.Errorf("no rejected queue entry names %s (hearth cache rejected lists them)", path)
 	}
 	return n, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

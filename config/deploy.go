@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -114,15 +115,6 @@ func (d Deploy) TargetNames() []string {
 // targetName is what a .hearth/deploy/NAME link and a systemd unit name can both carry.
 var targetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
-func oneOf(v string, allowed []string) bool {
-	for _, a := range allowed {
-		if v == a {
-			return true
-		}
-	}
-	return false
-}
-
 func quoted(vals []string) string {
 	q := make([]string, len(vals))
 	for i, v := range vals {
@@ -143,7 +135,7 @@ func (d *Deploy) validate(at func(key ...string) string) error {
 			return fmt.Errorf("%s = %q: must be at least 1s", at("deploy", p.key), p.d.Std())
 		}
 	}
-	if !oneOf(d.OnUnitFailure, UnitFailures) {
+	if !slices.Contains(UnitFailures, d.OnUnitFailure) {
 		return fmt.Errorf("%s = %q: must be one of %s", at("deploy", "on_unit_failure"), d.OnUnitFailure, quoted(UnitFailures))
 	}
 	if !filepath.IsAbs(d.GCRootsDir) {
@@ -173,9 +165,9 @@ func (d *Deploy) validate(at func(key ...string) string) error {
 			return fmt.Errorf("%s = %q: must be an absolute path", key("identity_file"), t.IdentityFile)
 		case len(t.Projects) == 0:
 			return fmt.Errorf("%s is empty: list the GitLab project ids or paths (\"group/project\") that may deploy to %s", key("projects"), name)
-		case !oneOf(t.Action, DeployActions):
+		case !slices.Contains(DeployActions, t.Action):
 			return fmt.Errorf("%s = %q: must be one of %s", key("action"), t.Action, quoted(DeployActions))
-		case !oneOf(t.Transfer, DeployTransfers):
+		case !slices.Contains(DeployTransfers, t.Transfer):
 			return fmt.Errorf("%s = %q: must be one of %s", key("transfer"), t.Transfer, quoted(DeployTransfers))
 		case t.HealthTimeout < Duration(time.Second):
 			return fmt.Errorf("%s = %q: must be at least 1s", key("health_timeout"), t.HealthTimeout.Std())

@@ -48,7 +48,7 @@ func (s *session) log(format string, args ...any) { s.d.log(s.name, format, args
 func (s *session) run(ctx context.Context) (res Result) {
 	res = Result{Target: s.name, Path: s.path}
 	s.w = newWrapper(s.t.User)
-	s.ep = endpoint{name: s.name, addr: hostPort(s.t.Host, s.t.Port), user: s.t.User, knownHosts: s.t.KnownHostsFile, identity: s.t.IdentityFile}
+	s.ep = endpointOf(s.name, s.t)
 	defer func() {
 		if s.c != nil {
 			s.c.Close()

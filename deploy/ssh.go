@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hearth-ci/hearth/config"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -58,6 +59,11 @@ type endpoint struct {
 	name, addr, user string
 	knownHosts       string
 	identity         string
+}
+
+// endpointOf is how to reach the configured target name.
+func endpointOf(name string, t config.Target) endpoint {
+	return endpoint{name: name, addr: hostPort(t.Host, t.Port), user: t.User, knownHosts: t.KnownHostsFile, identity: t.IdentityFile}
 }
 
 // conn is one SSH connection to a target.

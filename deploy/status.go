@@ -26,7 +26,7 @@ func (d *Deployer) Generations(ctx context.Context, target string) ([]Generation
 		return nil, fmt.Errorf("no target %q in [deploy.targets]; configured: %s", target, strings.Join(d.Config.TargetNames(), ", "))
 	}
 	w := newWrapper(t.User)
-	c, err := dial(ctx, endpoint{name: target, addr: hostPort(t.Host, t.Port), user: t.User, knownHosts: t.KnownHostsFile, identity: t.IdentityFile})
+	c, err := dial(ctx, endpointOf(target, t))
 	if err != nil {
 		return nil, err
 	}

@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,26 +81,11 @@ func (f *fleet) config(t *testing.T, cache, deploy string, target func(name stri
 func deployJobSrc(nonce string, systems map[string]string, extra string) string {
 	var b strings.Builder
 	b.WriteString("deploy:\n  script:\n    - mkdir -p .hearth/deploy\n")
-	for _, name := range sortedKeys(systems) {
+	for _, name := range slices.Sorted(maps.Keys(systems)) {
 		fmt.Fprintf(&b, "    - |\n      cat > %s.nix <<'EOF'\n%s      EOF\n    - nix-build -o .hearth/deploy/%s %s.nix\n", name, indent(strings.TrimRight(parts.SystemExpr(nonce+"-"+name, systems[name]), "\n"), "      ")+"\n", name, name)
 	}
 	b.WriteString(extra)
 	return b.String()
-}
-
-func sortedKeys(m map[string]string) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	for i := range ks {
-		for j := i + 1; j < len(ks); j++ {
-			if ks[j] < ks[i] {
-				ks[i], ks[j] = ks[j], ks[i]
-			}
-		}
-	}
-	return ks
 }
 
 // protectedJob runs src as a job on the protected ref main of project 7.
