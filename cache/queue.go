@@ -16,6 +16,7 @@ import (
 
 	"github.com/hearth-ci/hearth/filelock"
 	"github.com/hearth-ci/hearth/nix"
+	"github.com/hearth-ci/hearth/nix/derivation"
 )
 
 // Queue is the directory the post-build-hook fills and drainers empty. Each hook call writes one
@@ -24,6 +25,10 @@ import (
 // entry is removed only after its paths are in the cache.
 type Queue struct {
 	Dir string
+	// RootsDir, when set, is a directory among the store's GC roots where each entry's outputs
+	// are rooted from the moment it is queued until it is pushed: a job may run nix-store --gc,
+	// and a path collected before its push would be lost to the cache.
+	RootsDir string
 }
 
 const (
@@ -57,6 +62,8 @@ func (q Queue) Add(outputs []string, drv string) error {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	name := fmt.Sprintf("%d-%d-%s", time.Now().UnixNano(), os.Getpid(), hex.EncodeToString(rnd[:]))
+	// Rooted before the entry appears, so that no drainer sees it unrooted.
+	q.root(name, outputs, drv)
 	tmp := filepath.Join(q.Dir, "."+name+".tmp")
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("write queue entry: %w", err)
@@ -64,6 +71,40 @@ func (q Queue) Add(outputs []string, drv string) error {
 	if err := os.Rename(tmp, filepath.Join(q.Dir, name+entrySuffix)); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write queue entry: %w", err)
+	}
+	return nil
+}
+
+// root makes the GC roots of an entry's outputs: those Nix named, else those its derivation
+// names. It is best effort: the hook must never fail a build, and an unrooted path is pushed all
+// the same unless a collection comes first.
+func (q Queue) root(name string, outputs []string, drv string) {
+	if q.RootsDir == "" {
+		return
+	}
+	if len(outputs) == 0 && drv != "" {
+		outputs, _ = derivation.OutputsOf(drv)
+	}
+	if len(outputs) == 0 {
+		return
+	}
+	dir := filepath.Join(q.RootsDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	for _, o := range outputs {
+		_ = os.Symlink(o, filepath.Join(dir, filepath.Base(o)))
+	}
+}
+
+// unroot removes the GC roots of the entry at path.
+func (q Queue) unroot(path string) error {
+	if q.RootsDir == "" {
+		return nil
+	}
+	name := strings.TrimSuffix(filepath.Base(path), entrySuffix)
+	if err := os.RemoveAll(filepath.Join(q.RootsDir, name)); err != nil {
+		return fmt.Errorf("remove the GC roots of queue entry %s: %w", path, err)
 	}
 	return nil
 }
@@ -82,6 +123,7 @@ type Batch struct {
 	// person to look at.
 	Corrupt []error
 	files   []*os.File
+	queue   Queue
 }
 
 // maxBatch bounds how many entries one drain takes, so that a long queue (after a cache outage)
@@ -114,7 +156,7 @@ func (q Queue) take(ctx context.Context, ifHeld held) (*Batch, error) {
 		return nil, fmt.Errorf("read queue %s: %w", q.Dir, err)
 	}
 	sort.Slice(names, func(i, j int) bool { return names[i].Name() < names[j].Name() })
-	b := &Batch{}
+	b := &Batch{queue: q}
 	for _, n := range names {
 		if !strings.HasSuffix(n.Name(), entrySuffix) || strings.HasPrefix(n.Name(), ".") {
 			continue
@@ -219,7 +261,8 @@ func (b *Batch) finish(i int) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove queue entry: %w", err)
 	}
-	return nil
+	// Pushed: the cache has the paths now, and the store may collect them.
+	return b.queue.unroot(b.Entries[i].Path)
 }
 
 // Release gives the entries not yet finished back to the queue, for a later drain.

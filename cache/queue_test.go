@@ -97,3 +97,50 @@ func TestQueueBrokenDir(t *testing.T) {
 		t.Fatal("queueing into a file succeeded")
 	}
 }
+
+// What is queued is rooted until it is pushed: outputs Nix named, or those its derivation names.
+func TestQueueRootsUntilPushed(t *testing.T) {
+	dir := t.TempDir()
+	q := Queue{Dir: filepath.Join(dir, "queue"), RootsDir: filepath.Join(dir, "roots")}
+	a := "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"
+	if err := q.Add([]string{a}, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A derivation file read from where the hook says it is (not a store path here: the test
+	// has no store to write to).
+	drv := filepath.Join(dir, "d.drv")
+	d := "/nix/store/dddddddddddddddddddddddddddddddd-d"
+	if err := os.WriteFile(drv, []byte(`Derive([("out","`+d+`","","")],[],[],"x86_64-linux","/bin/sh",[],[])`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Add(nil, drv); err != nil {
+		t.Fatal(err)
+	}
+	links, _ := filepath.Glob(filepath.Join(q.RootsDir, "*", "*"))
+	var targets []string
+	for _, l := range links {
+		target, err := os.Readlink(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets = append(targets, target)
+	}
+	if strings.Join(targets, " ") != a+" "+d && strings.Join(targets, " ") != d+" "+a {
+		t.Fatalf("roots point at %v, want %s and %s", targets, a, d)
+	}
+	b, err := q.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Taken (a push in progress) is not pushed: the roots stay.
+	if left, _ := filepath.Glob(filepath.Join(q.RootsDir, "*")); len(left) != 2 {
+		t.Fatalf("roots while the push runs: %v", left)
+	}
+	if err := b.finish(0); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(q.RootsDir, "*")); len(left) != 1 {
+		t.Fatalf("roots after one entry was pushed: %v, want the other's only", left)
+	}
+	b.Release()
+}

@@ -37,9 +37,13 @@ type Containerd struct {
 	Namespace string `toml:"namespace"`
 }
 
-// Nix says where the host's nix-daemon listens.
+// Nix says which nix-daemons jobs build with: one shared by every job, or one per trust tier.
 type Nix struct {
+	// DaemonSocket and GCRootsDir describe the one shared tier of a runner without [nix.tiers].
 	DaemonSocket string `toml:"daemon_socket"`
+	GCRootsDir   string `toml:"gc_roots_dir"`
+	// TierTables are [nix.tiers.protected] and [nix.tiers.unprotected]; read them with TierFor.
+	TierTables map[string]Tier `toml:"tiers"`
 }
 
 // Jobs holds what applies to every job container.
@@ -114,7 +118,7 @@ type Mount struct {
 func Default() Config {
 	return Config{
 		Containerd: Containerd{Address: "/run/containerd/containerd.sock", Namespace: "hearth"},
-		Nix:        Nix{DaemonSocket: nix.DaemonSocket},
+		Nix:        Nix{DaemonSocket: nix.DaemonSocket, GCRootsDir: defaultGCRootsDir},
 		Jobs: Jobs{
 			BuildsRoot:         "/var/lib/hearth/builds",
 			CacheRoot:          "/var/lib/hearth/cache",
@@ -192,7 +196,7 @@ func Parse(src []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("%s (see config.toml.example for the keys hearth knows)", strings.Join(msgs, "; "))
 	}
-	if err := c.validate(src); err != nil {
+	if err := c.validate(src, md); err != nil {
 		return nil, err
 	}
 	return &c, nil

@@ -103,6 +103,9 @@ func keys(t reflect.Type, prefix string) []string {
 	var out []string
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if f.Tag.Get("toml") == "-" {
+			continue
+		}
 		name := prefix + f.Tag.Get("toml")
 		ft := f.Type
 		if ft.Kind() == reflect.Map {

@@ -7,20 +7,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/bmatcuk/doublestar/v4"
 
 	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/nix"
 )
 
-func (c *Config) validate(src []byte) error {
+func (c *Config) validate(src []byte, md toml.MetaData) error {
 	at := func(key ...string) string { return at(src, key...) }
 	for _, p := range []struct {
 		key []string
 		val string
 	}{
 		{[]string{"containerd", "address"}, c.Containerd.Address},
-		{[]string{"nix", "daemon_socket"}, c.Nix.DaemonSocket},
 		{[]string{"jobs", "builds_root"}, c.Jobs.BuildsRoot},
 		{[]string{"jobs", "cache_root"}, c.Jobs.CacheRoot},
 		{[]string{"jobs", "state_dir"}, c.Jobs.StateDir},
@@ -28,6 +28,9 @@ func (c *Config) validate(src []byte) error {
 		if !filepath.IsAbs(p.val) {
 			return fmt.Errorf("%s = %q: must be an absolute path", at(p.key...), p.val)
 		}
+	}
+	if err := c.Nix.validate(src, md); err != nil {
+		return err
 	}
 	if c.Containerd.Namespace == "" {
 		return fmt.Errorf("%s is empty: name the containerd namespace for job containers", at("containerd", "namespace"))

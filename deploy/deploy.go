@@ -101,7 +101,7 @@ type Deployer struct {
 // New returns the deployer of a host's config: its targets, its Nix daemon, and its per-target
 // locks under the jobs' state dir.
 func New(cfg *config.Config) *Deployer {
-	return &Deployer{Config: cfg.Deploy, Store: nixstore.Daemon(cfg.Nix.DaemonSocket), LockDir: lockDir(cfg)}
+	return &Deployer{Config: cfg.Deploy, Store: nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket), LockDir: lockDir(cfg)}
 }
 
 func lockDir(cfg *config.Config) string { return filepath.Join(cfg.Jobs.StateDir, "deploy") }

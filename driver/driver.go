@@ -98,6 +98,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		Runner:    runnerKey(p, d.Invocation),
 		Project:   fmt.Sprint(p.JobInfo.ProjectID),
 		Protected: p.Protected(),
+		Tier:      d.Config.Nix.TierFor(p.Protected()),
 		Env:       env,
 		Timeout:   time.Duration(p.RunnerInfo.Timeout) * time.Second,
 	}
@@ -111,6 +112,8 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		what = "image " + env.Image
 	}
 	fmt.Fprintf(d.Stdout, "Using hearth environment %s (%s)\n", env.Name, what)
+	fmt.Fprintln(d.Stdout, describeTier(spec.Tier))
+	warnOldDaemon(ctx, d.Stdout, d.Config.Jobs.StateDir, spec.Tier)
 	return d.Exec.Prepare(ctx, spec, d.Stdout)
 }
 
@@ -172,6 +175,11 @@ func (d *Driver) push(ctx context.Context, p *Payload) error {
 	c := d.Config.Cache
 	switch {
 	case c.Push == "never" || d.OpenFlusher == nil:
+		return nil
+	case d.Config.Nix.Tiered() && !p.Protected():
+		// What the job built is in the unprotected tier's store, which the pusher never reads;
+		// a flush here would only push the protected jobs' paths.
+		fmt.Fprintf(d.Stdout, "Not pushing to the binary cache: %s is not a protected ref, and what this job built stays in the unprotected tier's store\n", p.GitInfo.Ref)
 		return nil
 	case c.Push == "protected" && !p.Protected():
 		fmt.Fprintf(d.Stdout, "Not pushing to the binary cache: %s is not a protected ref\n", p.GitInfo.Ref)

@@ -74,7 +74,10 @@ type JobSpec struct {
 	// Protected jobs get builds and cache dirs apart from the others of their project, so that a
 	// job on an unprotected ref cannot leave something (a git hook, a poisoned cache) that a job
 	// with the protected ref's secrets later runs.
-	Protected   bool
+	Protected bool
+	// Tier is the Nix daemon and store the job builds with: the protected tier's for a job on a
+	// protected ref, the unprotected tier's for any other (or the one shared tier).
+	Tier        config.Tier
 	Env         Environment
 	Credentials []Credential
 	// Timeout is the job's timeout (from its payload): gc removes a job that outlives it by more

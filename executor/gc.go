@@ -50,7 +50,10 @@ func (e *Executor) GC(ctx context.Context, olderThan time.Duration, log io.Write
 	if err := e.gcStateDirs(live, now, olderThan, log); err != nil {
 		return err
 	}
-	return e.gcClaims(live, now, olderThan, log)
+	if err := e.gcClaims(live, now, olderThan, log); err != nil {
+		return err
+	}
+	return e.gcEnvironmentRoots(log)
 }
 
 // stale decides whether a job container is an orphan, and says why, from what is on the host: a

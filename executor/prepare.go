@@ -17,7 +17,6 @@ import (
 
 	"github.com/hearth-ci/hearth/executor/agent"
 	"github.com/hearth-ci/hearth/jobcontainer"
-	"github.com/hearth-ci/hearth/nix"
 )
 
 // agentStartTimeout bounds how long prepare waits for the agent to answer. It is up in a few
@@ -35,8 +34,11 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if sock := e.agentSocket(job.ID); len(sock) > 107 {
 		return fmt.Errorf("the agent socket path %s is longer than a unix socket allows (107 bytes): choose a shorter [jobs] state_dir", sock)
 	}
-	if _, err := os.Stat(e.cfg.Nix.DaemonSocket); err != nil {
-		return fmt.Errorf("nix-daemon socket %s ([nix] daemon_socket) is missing: is nix-daemon running? %w", e.cfg.Nix.DaemonSocket, err)
+	if job.Tier.DaemonSocket == "" {
+		return fmt.Errorf("job %s has no Nix tier", job.ID)
+	}
+	if _, err := os.Stat(job.Tier.DaemonSocket); err != nil {
+		return fmt.Errorf("the %s tier's nix-daemon socket %s is missing: is that nix-daemon running? %w", job.Tier.Name, job.Tier.DaemonSocket, err)
 	}
 	client, err := e.connect(ctx)
 	if err != nil {
@@ -162,8 +164,8 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	env := []string{"HOME=/root", "USER=root", "NIX_REMOTE=daemon"}
 	switch {
 	case job.Env.StorePath != "":
-		if _, err := os.Stat(job.Env.StorePath); err != nil {
-			return nil, envError(job.Env, fmt.Errorf("environment %s: store path %s is not in the store (build it on this host, or fix store_path): %w", job.Env.Name, job.Env.StorePath, err))
+		if err := e.environmentIn(ctx, job.Tier, job.Env, log); err != nil {
+			return nil, err
 		}
 		root, err := e.skeleton(job.Env)
 		if err != nil {
@@ -184,8 +186,8 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	}
 
 	mounts := []specs.Mount{
-		{Destination: jobcontainer.StoreDir, Type: "bind", Source: nix.StoreDir, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
-		{Destination: jobcontainer.DaemonSocket, Type: "bind", Source: e.cfg.Nix.DaemonSocket, Options: []string{"bind"}},
+		{Destination: jobcontainer.StoreDir, Type: "bind", Source: job.Tier.StoreDir(), Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: jobcontainer.DaemonSocket, Type: "bind", Source: job.Tier.DaemonSocket, Options: []string{"bind"}},
 		{Destination: jobcontainer.AgentBinary, Type: "bind", Source: bin, Options: []string{"bind", "ro"}},
 		{Destination: jobcontainer.AgentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
 		{Destination: jobcontainer.BuildsDir, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},

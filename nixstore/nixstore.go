@@ -121,6 +121,24 @@ func chunks(paths []string) [][]string {
 	return out
 }
 
+// CopyTo copies paths and their closures from this store into the store of the nix-daemon at
+// socket. Run as root, which that daemon trusts, it needs no signatures: it is how a tier's store
+// gets what the runner host built for every tier, never the other way round.
+func (s *Store) CopyTo(ctx context.Context, socket string, paths ...string) error {
+	for _, p := range paths {
+		if err := nix.CheckStorePath(p); err != nil {
+			return err
+		}
+	}
+	for _, chunk := range chunks(paths) {
+		args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--no-check-sigs", "--to", "unix://" + socket}, chunk...)
+		if _, err := s.run(ctx, "nix", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Outputs returns the output paths of derivations.
 func (s *Store) Outputs(ctx context.Context, drvs ...string) ([]string, error) {
 	if len(drvs) == 0 {

@@ -63,7 +63,7 @@ func signingKey(path string) (*signing.SecretKey, error) {
 func Pusher(cfg *config.Config, b cache.Backend) *cache.Pusher {
 	return &cache.Pusher{
 		Backend: b,
-		Store:   nixstore.Daemon(cfg.Nix.DaemonSocket),
+		Store:   nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket),
 		Uploads: cfg.Cache.Uploads,
 		LockDir: filepath.Join(cfg.Cache.QueueDir, ".locks"),
 	}
@@ -87,8 +87,11 @@ func openPusher(ctx context.Context, cfg *config.Config) (*cache.Pusher, error) 
 	return Pusher(cfg, b), nil
 }
 
-// Queue is the queue the post-build-hook fills.
-func Queue(cfg *config.Config) cache.Queue { return cache.Queue{Dir: cfg.Cache.QueueDir} }
+// Queue is the queue the post-build-hook fills, which roots what it holds in the trusted tier's
+// store: the only store whose builds are queued.
+func Queue(cfg *config.Config) cache.Queue {
+	return cache.Queue{Dir: cfg.Cache.QueueDir, RootsDir: filepath.Join(cfg.Nix.Trusted().GCRootsDir, "queue")}
+}
 
 // Watcher pushes the queue continuously, looking at it every interval.
 func Watcher(cfg *config.Config, interval time.Duration, log *slog.Logger) *cache.Watcher {

@@ -30,6 +30,7 @@ func configCommand() *cli.Command {
 					return errs[len(errs)-1]
 				}
 				fmt.Fprintf(c.App.Writer, "%s is valid: %d environments, default %q, network %q, %d deploy targets\n", path, len(cfg.Environments), cfg.Jobs.DefaultEnvironment, cfg.Jobs.Network, len(cfg.Deploy.Targets))
+				fmt.Fprintln(c.App.Writer, cfg.Nix.Summary())
 				return nil
 			},
 		}},

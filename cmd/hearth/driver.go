@@ -76,7 +76,7 @@ func runStage(c *cli.Context, fn stageFunc) error {
 			}
 			return f, nil
 		},
-		Store: nixstore.Daemon(cfg.Nix.DaemonSocket),
+		Store: nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket),
 		OpenDeployer: func(origin deploy.Origin, log func(target, line string)) driver.Deployer {
 			dep := deploy.New(cfg)
 			dep.Origin, dep.Log = origin, log

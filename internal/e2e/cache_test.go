@@ -160,6 +160,9 @@ func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
 	if out, err := runHearth(cfg, "cache", "push", first[1]); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
+	// Pushed by hand; a drain would have dropped their queue entries, and the GC roots that
+	// keep queued paths alive with them.
+	unqueue(t, d)
 	if _, err := d.Nix("nix-store", "--delete", first[1], first[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +185,21 @@ func TestSubstitutedPathsNotPushedAgain(t *testing.T) {
 	pushed := regexp.MustCompile(`\npushed (/nix/store/\S+) \(`).FindAllStringSubmatch(log, -1)
 	if len(pushed) != 1 || !strings.HasSuffix(pushed[0][1], nonce+"-2") || !strings.Contains(log, "Pushed 1 path ") {
 		t.Fatalf("the job should have pushed exactly the path it built, %s-2 (pushed %v):\n%s", nonce, pushed, log)
+	}
+}
+
+// unqueue empties the daemon's queue and removes the GC roots of what it held.
+func unqueue(t *testing.T, d *testenv.Daemon) {
+	t.Helper()
+	entries, _ := filepath.Glob(filepath.Join(d.QueueDir(), "*.paths"))
+	for _, e := range entries {
+		name := strings.TrimSuffix(filepath.Base(e), ".paths")
+		if err := os.RemoveAll(filepath.Join(parts.GCRoots, "queue", name)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(e); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -12,6 +12,18 @@ import (
 // and a file cache under Dir/hearth. jobs is added to the [jobs] table and cache to the [cache]
 // table; tables is appended at the end (more [environments.NAME], say, or [cache.s3]).
 func (d *Daemon) Config(jobs, cache, tables string) string {
+	return d.config(fmt.Sprintf("[nix]\ndaemon_socket = %q\ngc_roots_dir = %q\n", d.NixSocket, d.parts.GCRoots), jobs, cache, tables)
+}
+
+// TieredConfig is Config with two trust tiers: d (on the system store) for protected jobs, and u
+// (a daemon from NewTierDaemon, on a store of its own) for the others.
+func (d *Daemon) TieredConfig(u *Daemon, jobs, cache, tables string) string {
+	nix := fmt.Sprintf("[nix.tiers.protected]\ndaemon_socket = %q\nstore_root = \"/\"\ngc_roots_dir = %q\n\n[nix.tiers.unprotected]\ndaemon_socket = %q\nstore_root = %q\n",
+		d.NixSocket, d.parts.GCRoots, u.NixSocket, u.StoreRoot)
+	return d.config(nix, jobs, cache, tables)
+}
+
+func (d *Daemon) config(nix, jobs, cache, tables string) string {
 	e := d.parts
 	h := filepath.Join(e.Dir, "hearth")
 	if !strings.Contains(tables, "[cache.file]") {
@@ -21,9 +33,7 @@ func (d *Daemon) Config(jobs, cache, tables string) string {
 address = %q
 namespace = "hearth-test"
 
-[nix]
-daemon_socket = %q
-
+%s
 [jobs]
 builds_root = %q
 cache_root = %q
@@ -35,7 +45,7 @@ store_path = %q
 [cache]
 queue_dir = %q
 %s
-%s`, e.ContainerdSocket, d.NixSocket, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
+%s`, e.ContainerdSocket, nix, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
 		d.QueueDir(), cache, tables)
 }
 
@@ -44,12 +54,22 @@ func (e *Parts) FileCacheDir() string { return filepath.Join(e.Dir, "hearth", "b
 
 // WriteConfig writes Config(jobs, cache, tables) to a new file under Dir and returns its path.
 func (d *Daemon) WriteConfig(jobs, cache, tables string) (string, error) {
-	f, err := os.CreateTemp(d.parts.Dir, "config-*.toml")
+	return d.parts.writeConfig(d.Config(jobs, cache, tables))
+}
+
+// WriteTieredConfig writes TieredConfig(u, jobs, cache, tables) to a new file under Dir and
+// returns its path.
+func (d *Daemon) WriteTieredConfig(u *Daemon, jobs, cache, tables string) (string, error) {
+	return d.parts.writeConfig(d.TieredConfig(u, jobs, cache, tables))
+}
+
+func (e *Parts) writeConfig(text string) (string, error) {
+	f, err := os.CreateTemp(e.Dir, "config-*.toml")
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	if _, err := f.WriteString(d.Config(jobs, cache, tables)); err != nil {
+	if _, err := f.WriteString(text); err != nil {
 		return "", err
 	}
 	return f.Name(), nil

@@ -19,6 +19,9 @@ type Daemon struct {
 	NixLog string
 	// NixConfDir holds the daemon's nix.conf.
 	NixConfDir string
+	// StoreRoot is "/" for a daemon on the system store, else the root of the store of its own
+	// (a tier's, from NewTierDaemon), which keeps its paths in StoreRoot/nix/store.
+	StoreRoot string
 
 	dir   string
 	parts *Parts
@@ -33,8 +36,21 @@ func (e *Parts) NewDaemon() (*Daemon, error) {
 	return e.newDaemon(fmt.Sprintf("nix-%d", e.daemons))
 }
 
+// NewTierDaemon starts a daemon on a store of its own, as the unprotected tier's: no
+// post-build-hook (nothing it builds is queued for the cache), and the team cache among its
+// substituters when substitute is set, as a tier substituting from the team cache read-only.
+func (e *Parts) NewTierDaemon(substitute bool) (*Daemon, error) {
+	e.daemons++
+	name := fmt.Sprintf("tier-%d", e.daemons)
+	return e.startDaemon(name, filepath.Join(e.Dir, name, "root"), substitute)
+}
+
 func (e *Parts) newDaemon(name string) (*Daemon, error) {
-	d := &Daemon{dir: filepath.Join(e.Dir, name), parts: e}
+	return e.startDaemon(name, "/", false)
+}
+
+func (e *Parts) startDaemon(name, storeRoot string, substitute bool) (*Daemon, error) {
+	d := &Daemon{dir: filepath.Join(e.Dir, name), parts: e, StoreRoot: storeRoot}
 	d.NixConfDir = filepath.Join(d.dir, "conf")
 	if err := os.MkdirAll(d.NixConfDir, 0o755); err != nil {
 		return nil, err
@@ -44,19 +60,29 @@ func (e *Parts) newDaemon(name string) (*Daemon, error) {
 	}
 	d.NixSocket = filepath.Join(d.dir, "daemon-socket", "socket")
 	d.NixLog = filepath.Join(d.dir, "nix-daemon.log")
-	// The daemon's post-build-hook queues what it builds, as on a runner host. Nix passes the hook
-	// no arguments, hence the wrapper; the hook's config needs only the queue.
-	hookCfg := filepath.Join(d.dir, "hook.toml")
-	if err := os.WriteFile(hookCfg, []byte(fmt.Sprintf("[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-unused\"\n", d.QueueDir())), 0o644); err != nil {
-		return nil, err
-	}
-	hook := filepath.Join(d.dir, "post-build-hook")
-	if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
-		return nil, err
-	}
 	// No substituters by default: the machine is offline, and a build must not wait on DNS.
-	conf := fmt.Sprintf("sandbox = true\nsubstituters =\nbuild-users-group = nixbld\npost-build-hook = %s\n"+
-		"trusted-substituters = file://%s\ntrusted-public-keys = %s\n", hook, e.TeamCache, e.teamPublic) + e.nixConf
+	conf := fmt.Sprintf("sandbox = true\nbuild-users-group = nixbld\ntrusted-substituters = file://%s\ntrusted-public-keys = %s\n", e.TeamCache, e.teamPublic)
+	if substitute {
+		conf += fmt.Sprintf("substituters = file://%s\n", e.TeamCache)
+	} else {
+		conf += "substituters =\n"
+	}
+	if storeRoot == "/" {
+		// The daemon's post-build-hook queues what it builds, as on a runner host. Nix passes
+		// the hook no arguments, hence the wrapper; the hook's config needs only the queue and
+		// where to root what it queues.
+		hookCfg := filepath.Join(d.dir, "hook.toml")
+		if err := os.WriteFile(hookCfg, []byte(fmt.Sprintf("[nix]\ngc_roots_dir = %q\n[cache]\nqueue_dir = %q\n[environments.default]\nstore_path = \"/nix/store/00000000000000000000000000000000-unused\"\n", e.GCRoots, d.QueueDir())), 0o644); err != nil {
+			return nil, err
+		}
+		hook := filepath.Join(d.dir, "post-build-hook")
+		if err := os.WriteFile(hook, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --config %s cache hook\n", e.Hearth, hookCfg)), 0o755); err != nil {
+			return nil, err
+		}
+		conf += "post-build-hook = " + hook + "\n" + e.nixConf
+	} else if err := os.MkdirAll(storeRoot, 0o755); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(filepath.Join(d.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
@@ -64,7 +90,11 @@ func (e *Parts) newDaemon(name string) (*Daemon, error) {
 	// or "auto" on a machine where /nix/var/nix does not exist yet) serves every connection by
 	// connecting to itself, without end.
 	daemonEnv := append(os.Environ(), "NIX_REMOTE=local", "NIX_DAEMON_SOCKET_PATH="+d.NixSocket, "NIX_CONF_DIR="+d.NixConfDir)
-	cmd, err := start(d.NixLog, daemonEnv, "nix-daemon")
+	args := []string{"nix-daemon"}
+	if storeRoot != "/" {
+		args = append(args, "--store", storeRoot)
+	}
+	cmd, err := start(d.NixLog, daemonEnv, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -100,7 +100,15 @@ func (e *Parts) makeStorePaths() error {
 	if err := os.WriteFile(filepath.Join(envDir, "bin", "git"), []byte(git), 0o755); err != nil {
 		return err
 	}
-	e.Environment, err = e.Nix("nix-store", "--add", envDir)
+	src, err := e.Nix("nix-store", "--add", envDir)
+	if err != nil {
+		return err
+	}
+	// nix-store --add records no references; a copy built by the daemon has them (the tools path),
+	// as an environment built with Nix has, so that its closure can be copied into a tier's store.
+	e.Environment, err = e.Nix("nix-build", "--no-out-link", "-E", fmt.Sprintf(
+		`derivation { name = "hearth-test-env"; system = builtins.currentSystem; builder = "${builtins.storePath %q}/bin/cp"; args = ["-a" (builtins.storePath %q) (builtins.placeholder "out")]; }`,
+		e.Tools, src))
 	return err
 }
 

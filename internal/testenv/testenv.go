@@ -40,6 +40,10 @@ type Parts struct {
 	// signed with (its public half is among the daemon's trusted-public-keys).
 	TeamCache, TeamKey string
 
+	// GCRoots is the directory among the system store's GC roots where hearth's configs from
+	// Config root what they need ([nix] gc_roots_dir); Stop removes it.
+	GCRoots string
+
 	teamPublic string
 	nixConf    string
 	procs      []*exec.Cmd
@@ -75,7 +79,7 @@ func Start(opts Options) (parts *Parts, err error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	parts = &Parts{Dir: dir}
+	parts = &Parts{Dir: dir, GCRoots: "/nix/var/nix/gcroots/hearth-test-" + filepath.Base(dir)}
 	defer func() {
 		if err != nil {
 			parts.Stop()
@@ -120,16 +124,20 @@ func ModuleRoot() (string, error) {
 
 // BuildHearth builds a static hearth binary at out. Static, because the binary also runs inside job
 // containers as their agent, where there is no /lib.
-func BuildHearth(out string) (string, error) {
+func BuildHearth(out string) (string, error) { return BuildStatic("./cmd/hearth", out) }
+
+// BuildStatic builds the command in package pkg (a path relative to the module root) as a static
+// binary at out.
+func BuildStatic(pkg, out string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/hearth")
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build hearth: %v\n%s", err, b)
+		return "", fmt.Errorf("build %s: %v\n%s", pkg, err, b)
 	}
 	return out, nil
 }
@@ -248,6 +256,7 @@ func (e *Parts) Stop() {
 		}
 	}
 	_ = os.RemoveAll(e.Dir)
+	_ = os.RemoveAll(e.GCRoots)
 }
 
 // stop ends a server's process group: SIGTERM, then SIGKILL after 10 s.
