@@ -57,6 +57,18 @@ type Jobs struct {
 	UIDMapStart        uint32   `toml:"uid_map_start"`
 	UIDMapSize         uint32   `toml:"uid_map_size"`
 	StopTimeout        Duration `toml:"stop_timeout"`
+	// Each job's limits, and the most a job may ask for with HEARTH_MEMORY and the like (see
+	// Limits; 0 means no limit, and an unset _max means the limit itself).
+	Memory       Size    `toml:"memory"`
+	MemoryMax    Size    `toml:"memory_max"`
+	CPUs         float64 `toml:"cpus"`
+	CPUsMax      float64 `toml:"cpus_max"`
+	Pids         int64   `toml:"pids"`
+	PidsMax      int64   `toml:"pids_max"`
+	Nofile       int64   `toml:"nofile"`
+	NofileMax    int64   `toml:"nofile_max"`
+	TmpfsSize    Size    `toml:"tmpfs_size"`
+	TmpfsSizeMax Size    `toml:"tmpfs_size_max"`
 }
 
 // Environment is what a job's container is made of: either a Nix store path whose bin/ goes on
@@ -128,6 +140,10 @@ func Default() Config {
 			UIDMapStart:        100000,
 			UIDMapSize:         65536,
 			StopTimeout:        Duration(5 * time.Second),
+			Memory:             4 << 30,
+			Pids:               4096,
+			Nofile:             1024,
+			TmpfsSize:          1 << 30,
 		},
 		Cache: Cache{
 			Backend:  "file",

@@ -52,6 +52,9 @@ func (c *Config) validate(src []byte, md toml.MetaData) error {
 	if c.Jobs.StopTimeout <= 0 || c.Jobs.StopTimeout.Std() > 6*time.Second {
 		return fmt.Errorf("%s = %q: must be between 0 and 6s: gitlab-runner expects a stage to end within 10 s of SIGTERM", at("jobs", "stop_timeout"), c.Jobs.StopTimeout.Std())
 	}
+	if err := c.Jobs.validateLimits(at); err != nil {
+		return err
+	}
 	for _, g := range c.Jobs.AllowedImages {
 		if !doublestar.ValidatePattern(g) {
 			return fmt.Errorf("%s: %q is not a valid glob", at("jobs", "allowed_images"), g)

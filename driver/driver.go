@@ -92,7 +92,12 @@ func (d *Driver) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	lim, err := limits(d.Config.Jobs, d.Invocation.Custom)
+	if err != nil {
+		return err
+	}
 	spec := executor.JobSpec{
+		Limits:    lim,
 		ID:        ContainerID(p),
 		Job:       p.JobID(),
 		Runner:    runnerKey(p, d.Invocation),
@@ -113,6 +118,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.Stdout, "Using hearth environment %s (%s)\n", env.Name, what)
 	fmt.Fprintln(d.Stdout, describeTier(spec.Tier))
+	fmt.Fprintln(d.Stdout, describeLimits(lim))
 	warnOldDaemon(ctx, d.Stdout, d.Config.Jobs.StateDir, spec.Tier)
 	return d.Exec.Prepare(ctx, spec, d.Stdout)
 }

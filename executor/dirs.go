@@ -27,6 +27,8 @@ type state struct {
 	Claim string `json:"claim,omitempty"`
 	// Timeout is the job's timeout, 0 when the payload gave none.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Memory is the job's memory limit, for the sentence a stage killed by it ends with.
+	Memory int64 `json:"memory,omitempty"`
 }
 
 func (e *Executor) writeState(st state) error {

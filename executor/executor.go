@@ -78,6 +78,7 @@ type JobSpec struct {
 	// Tier is the Nix daemon and store the job builds with: the protected tier's for a job on a
 	// protected ref, the unprotected tier's for any other (or the one shared tier).
 	Tier        config.Tier
+	Limits      config.Limits
 	Env         Environment
 	Credentials []Credential
 	// Timeout is the job's timeout (from its payload): gc removes a job that outlives it by more
@@ -169,7 +170,13 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 	// within the 10 s gitlab-runner waits after SIGTERM.
 	grace := e.cfg.Jobs.StopTimeout.Std() + 3*time.Second
 	defer e.active(id)()
+	ooms := e.oomKills(id)
 	code, err := agent.Run(ctx, sock, agent.Request{Stage: stage, Script: script}, out, grace)
+	if (err != nil || code != 0) && ooms >= 0 && e.oomKills(id) > ooms {
+		// The kernel killed part of the stage, or the agent itself: that is why it failed.
+		st, _ := e.readState(id)
+		return 0, memoryLimitError(stage, st.Memory)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("run stage %s in %s: %w", stage, id, err)
 	}

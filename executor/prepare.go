@@ -88,6 +88,9 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	}
 	task, err := ctr.NewTask(ctx, cio.LogFile(filepath.Join(jobDir, "agent.log")))
 	if err != nil {
+		if strings.Contains(err.Error(), "error setting rlimit") {
+			return fmt.Errorf("the container runtime could not give job %s its open-files limit of %d: that is above containerd's own hard limit; raise LimitNOFILE of containerd's unit, or lower [jobs] nofile and nofile_max (%w)", job.ID, job.Limits.Nofile, err)
+		}
 		return envError(job.Env, fmt.Errorf("create task for %s: %w", job.ID, err))
 	}
 	exited, err := task.Wait(ctx)
@@ -118,7 +121,7 @@ func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
 	if err := os.MkdirAll(d.agent, 0o700); err != nil {
 		return d, fmt.Errorf("make job dir: %w", err)
 	}
-	st := state{ID: job.ID, Created: created, Timeout: job.Timeout}
+	st := state{ID: job.ID, Created: created, Timeout: job.Timeout, Memory: job.Limits.Memory}
 	if err := e.writeState(st); err != nil {
 		return d, err
 	}
@@ -192,8 +195,8 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 		{Destination: jobcontainer.AgentDir, Type: "bind", Source: dirs.agent, Options: []string{"bind", "rw"}},
 		{Destination: jobcontainer.BuildsDir, Type: "bind", Source: dirs.builds, Options: []string{"rbind", "rw"}},
 		{Destination: jobcontainer.CacheDir, Type: "bind", Source: dirs.cache, Options: []string{"rbind", "rw"}},
-		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
-		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=0700"}},
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: tmpfsOptions(job.Limits, "1777")},
+		{Destination: "/root", Type: "tmpfs", Source: "tmpfs", Options: tmpfsOptions(job.Limits, "0700")},
 	}
 	for _, m := range job.Env.Mounts {
 		mounts = append(mounts, specs.Mount{Destination: m.Container, Type: "bind", Source: m.Host, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
@@ -213,6 +216,7 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 		oci.WithProcessCwd("/"),
 		oci.WithEnv(env),
 		oci.WithNoNewPrivileges,
+		withLimits(job.Limits),
 		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"}),
 		// Last: the profile admits syscalls according to the capabilities left.
 		seccomp.WithDefaultProfile(),

@@ -18,6 +18,8 @@ type driverJob struct {
 	cfg string
 	dir string
 	id  int64
+	// vars are job variables (CUSTOM_ENV_*) of every stage.
+	vars map[string]string
 }
 
 func newDriverJob(t *testing.T, cfg, image string) *driverJob {
@@ -40,6 +42,9 @@ func (j *driverJob) command(stage string, args ...string) *exec.Cmd {
 		"JOB_RESPONSE_FILE="+filepath.Join(j.dir, "response.json"),
 		"CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN=tok",
 	)
+	for k, v := range j.vars {
+		cmd.Env = append(cmd.Env, "CUSTOM_ENV_"+k+"="+v)
+	}
 	return cmd
 }
 
