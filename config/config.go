@@ -54,6 +54,7 @@ type Jobs struct {
 	DefaultEnvironment string   `toml:"default_environment"`
 	AllowedImages      []string `toml:"allowed_images"`
 	Network            string   `toml:"network"`
+	Bridge             Bridge   `toml:"bridge"`
 	UIDMapStart        uint32   `toml:"uid_map_start"`
 	UIDMapSize         uint32   `toml:"uid_map_size"`
 	StopTimeout        Duration `toml:"stop_timeout"`
@@ -69,6 +70,21 @@ type Jobs struct {
 	NofileMax    int64   `toml:"nofile_max"`
 	TmpfsSize    Size    `toml:"tmpfs_size"`
 	TmpfsSizeMax Size    `toml:"tmpfs_size_max"`
+}
+
+// Bridge is the network of jobs with network = "bridge": a Linux bridge with NAT to the outside,
+// made with CNI's bridge and host-local plugins; each job gets an address on it in a network
+// namespace of its own.
+type Bridge struct {
+	// Name is the bridge device on the host.
+	Name string `toml:"name"`
+	// Subnet is where jobs' addresses come from; the bridge (the jobs' gateway) takes its first.
+	Subnet string `toml:"subnet"`
+	// DNS are the name servers of jobs' resolv.conf; empty: the host's own, without loopback ones
+	// (which a job cannot reach from its namespace).
+	DNS []string `toml:"dns"`
+	// PluginDirs are searched for the CNI plugins (bridge, host-local, firewall).
+	PluginDirs []string `toml:"plugin_dirs"`
 }
 
 // Environment is what a job's container is made of: either a Nix store path whose bin/ goes on
@@ -136,14 +152,19 @@ func Default() Config {
 			CacheRoot:          "/var/lib/hearth/cache",
 			StateDir:           "/run/hearth",
 			DefaultEnvironment: "default",
-			Network:            "host",
-			UIDMapStart:        100000,
-			UIDMapSize:         65536,
-			StopTimeout:        Duration(5 * time.Second),
-			Memory:             4 << 30,
-			Pids:               4096,
-			Nofile:             1024,
-			TmpfsSize:          1 << 30,
+			Network:            "bridge",
+			Bridge: Bridge{
+				Name:       "hearth0",
+				Subnet:     "10.217.0.0/16",
+				PluginDirs: []string{"/usr/lib/cni", "/opt/cni/bin"},
+			},
+			UIDMapStart: 100000,
+			UIDMapSize:  65536,
+			StopTimeout: Duration(5 * time.Second),
+			Memory:      4 << 30,
+			Pids:        4096,
+			Nofile:      1024,
+			TmpfsSize:   1 << 30,
 		},
 		Cache: Cache{
 			Backend:  "file",

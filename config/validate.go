@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -36,9 +38,13 @@ func (c *Config) validate(src []byte, md toml.MetaData) error {
 		return fmt.Errorf("%s is empty: name the containerd namespace for job containers", at("containerd", "namespace"))
 	}
 	switch c.Jobs.Network {
+	case "bridge":
+		if err := c.Jobs.Bridge.validate(at); err != nil {
+			return err
+		}
 	case "host", "none":
 	default:
-		return fmt.Errorf("%s = %q: must be \"host\" or \"none\"", at("jobs", "network"), c.Jobs.Network)
+		return fmt.Errorf("%s = %q: must be \"bridge\", \"host\" or \"none\"", at("jobs", "network"), c.Jobs.Network)
 	}
 	if c.Jobs.UIDMapStart == 0 {
 		return fmt.Errorf("%s = 0: jobs must not run as host root; pick an unused host uid range, e.g. 100000", at("jobs", "uid_map_start"))
@@ -177,3 +183,28 @@ func (c *Config) EnvironmentNames() []string {
 	sort.Strings(names)
 	return names
 }
+
+func (b Bridge) validate(at func(key ...string) string) error {
+	if !bridgeName.MatchString(b.Name) {
+		return fmt.Errorf("%s = %q: a network device name of 1 to 15 letters, digits, '-' or '_'", at("jobs", "bridge", "name"), b.Name)
+	}
+	p, err := netip.ParsePrefix(b.Subnet)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 28 || p.Masked() != p {
+		return fmt.Errorf("%s = %q: an IPv4 subnet such as \"10.217.0.0/16\", /28 or larger, written at its first address", at("jobs", "bridge", "subnet"), b.Subnet)
+	}
+	if p.Overlaps(netip.MustParsePrefix("169.254.0.0/16")) || p.Overlaps(netip.MustParsePrefix("127.0.0.0/8")) {
+		return fmt.Errorf("%s = %q: pick a private range, not loopback or link-local addresses", at("jobs", "bridge", "subnet"), b.Subnet)
+	}
+	for _, d := range b.DNS {
+		a, err := netip.ParseAddr(d)
+		if err != nil || a.IsLoopback() {
+			return fmt.Errorf("%s: %q is not a name server a job can reach: give an IP address that is not loopback", at("jobs", "bridge", "dns"), d)
+		}
+	}
+	if len(b.PluginDirs) == 0 {
+		return fmt.Errorf("%s is empty: name where the CNI plugins are (Debian: /usr/lib/cni)", at("jobs", "bridge", "plugin_dirs"))
+	}
+	return nil
+}
+
+var bridgeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,15}$`)

@@ -27,6 +27,9 @@ func (e *Executor) Cleanup(ctx context.Context, id string) error {
 	if err := removeContainer(ctx, client, id); err != nil {
 		return err
 	}
+	if err := e.detachBridge(ctx, id); err != nil {
+		return err
+	}
 	return e.removeJobState(id)
 }
 

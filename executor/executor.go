@@ -15,6 +15,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	gocni "github.com/containerd/go-cni"
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor/agent"
@@ -41,6 +42,10 @@ type Executor struct {
 	once      sync.Once
 	client    *containerd.Client
 	clientErr error
+
+	cniOnce sync.Once
+	cni     gocni.CNI
+	cniErr  error
 }
 
 // New returns an Executor for cfg. It does not connect to containerd until it needs to.

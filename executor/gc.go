@@ -53,6 +53,9 @@ func (e *Executor) GC(ctx context.Context, olderThan time.Duration, log io.Write
 	if err := e.gcClaims(live, now, olderThan, log); err != nil {
 		return err
 	}
+	if err := e.gcNetworks(ctx, live, now, olderThan, log); err != nil {
+		return err
+	}
 	return e.gcEnvironmentRoots(log)
 }
 
@@ -173,6 +176,33 @@ func (e *Executor) gcClaims(live map[string]bool, now time.Time, olderThan time.
 			return fmt.Errorf("release %s: %w", claim, err)
 		}
 		fmt.Fprintf(log, "released builds dir %s: job %s is gone\n", strings.TrimSuffix(claim, ".claim"), id)
+	}
+	return nil
+}
+
+// gcNetworks takes off the bridge, and removes the namespaces of, jobs that have no container: a
+// prepare that died between making the namespace and the container leaves them. A namespace
+// younger than olderThan may be a prepare's in progress, and is left alone.
+func (e *Executor) gcNetworks(ctx context.Context, live map[string]bool, now time.Time, olderThan time.Duration, log io.Writer) error {
+	entries, err := os.ReadDir(filepath.Join(e.cfg.Jobs.StateDir, "netns"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("list network namespaces: %w", err)
+	}
+	for _, ent := range entries {
+		id := ent.Name()
+		if live[id] {
+			continue
+		}
+		if fi, err := ent.Info(); err != nil || now.Sub(fi.ModTime()) <= olderThan {
+			continue
+		}
+		if err := e.detachBridge(ctx, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(log, "released the network of job %s: it has no container\n", id)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -201,14 +203,29 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	for _, m := range job.Env.Mounts {
 		mounts = append(mounts, specs.Mount{Destination: m.Container, Type: "bind", Source: m.Host, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
 	}
-	if e.cfg.Jobs.Network == "host" {
+	switch e.cfg.Jobs.Network {
+	case "host":
 		// In a user namespace sysfs can only be mounted by the owner of the network namespace,
 		// which the host's is not; a read-only bind of the host's /sys shows the same thing.
-		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithoutMounts("/sys"),
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), withSysBind,
 			oci.WithHostHostsFile, oci.WithHostResolvconf)
-		mounts = append(mounts, specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+	case "bridge":
+		nsPath, err := e.attachBridge(ctx, job.ID)
+		if err != nil {
+			return nil, err
+		}
+		resolv, hosts, err := e.writeResolvConf(job.ID, log)
+		if err != nil {
+			return nil, err
+		}
+		// The namespace is the host's (see attachBridge), so sysfs is bound as for host jobs.
+		specOpts = append(specOpts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}), withSysBind)
+		mounts = append(mounts,
+			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolv, Options: []string{"bind", "ro"}},
+			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: hosts, Options: []string{"bind", "ro"}})
 	}
 	specOpts = append(specOpts,
+		withOwnCgroup,
 		oci.WithMounts(mounts),
 		oci.WithUserNamespace(idmap, idmap),
 		oci.WithHostname(hostname(job.ID)),
@@ -222,6 +239,35 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 		seccomp.WithDefaultProfile(),
 	)
 	return append(containerOpts, containerd.WithNewSpec(specOpts...)), nil
+}
+
+// withSysBind puts a read-only bind of the host's /sys where the spec mounts sysfs, for jobs in a
+// network namespace the job's user namespace does not own (the host's, or the one hearth makes
+// for the bridge): the kernel lets only the owner of a network namespace mount sysfs. It has to
+// be recursive, as in a user namespace the kernel refuses a bind that would uncover what the
+// host's submounts hide; withOwnCgroup then covers the host's cgroup tree.
+func withSysBind(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	for i, m := range s.Mounts {
+		if m.Destination == "/sys" {
+			s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}}
+			return nil
+		}
+	}
+	return errors.New("the container spec has no /sys mount to replace")
+}
+
+// withOwnCgroup mounts the container's own cgroups, read-only, at /sys/fs/cgroup, right after
+// /sys: the job sees its own limits there, and nothing of the host's cgroup tree (which other
+// jobs, their names and their use are in).
+func withOwnCgroup(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	for i, m := range s.Mounts {
+		if m.Destination == "/sys" {
+			cg := specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev", "relatime"}}
+			s.Mounts = append(s.Mounts[:i+1], append([]specs.Mount{cg}, s.Mounts[i+1:]...)...)
+			return nil
+		}
+	}
+	return errors.New("the container spec has no /sys mount")
 }
 
 // awaitAgent waits until the agent answers a ping and says the environment can run stages.

@@ -7,10 +7,13 @@ if [ "$(id -u)" != 0 ]; then
 	echo "run this as root: containerd, user namespaces and nix-daemon need it" >&2
 	exit 1
 fi
-packages=(containerd runc nix-bin busybox-static bash-static ca-certificates time git)
+# Jobs on the bridge network (the default) need the CNI plugins, iptables and iproute2; the tests'
+# stand-in for the outside world answers DNS with dnsmasq.
+packages=(containerd runc nix-bin busybox-static bash-static ca-certificates time git
+	containernetworking-plugins iptables iproute2 dnsmasq-base)
 # The SSH deploy targets (internal/testenv/sshtarget): Debian hosts booted with systemd-nspawn.
 if [ "${HEARTH_NEED_TARGETS:-}" = 1 ]; then
-	packages+=(debootstrap systemd-container iproute2 openssh-client zstd)
+	packages+=(debootstrap systemd-container openssh-client zstd)
 fi
 missing=()
 for p in "${packages[@]}"; do

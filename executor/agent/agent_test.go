@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -199,5 +203,33 @@ func TestLogIsBounded(t *testing.T) {
 	}
 	if b.Len() > 1100 || !strings.HasSuffix(b.String(), "agent log truncated: it reached its limit of 1048576 bytes\n") {
 		t.Fatalf("capped log of %d bytes ends %q", b.Len(), b.String()[max(0, b.Len()-80):])
+	}
+}
+
+// A frame header is a claim, not a payload: a peer that announces a 60 MiB frame and sends a few
+// bytes makes the reader hold what arrived, not what was announced.
+func TestFrameHeaderDoesNotAllocateItsClaim(t *testing.T) {
+	hdr := []byte{frameStdout, 0x03, 0xc0, 0x00, 0x00} // 60 MiB
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 10; i++ {
+		if _, _, err := readFrame(bytes.NewReader(append(hdr, "a few bytes"...))); err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("a cut frame: %v", err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4<<20 {
+		t.Fatalf("ten cut 60 MiB frames allocated %d bytes", got)
+	}
+	// A whole frame still arrives whole.
+	payload := bytes.Repeat([]byte("x"), 200<<10)
+	var b bytes.Buffer
+	if err := writeFrame(&b, frameStdout, payload); err != nil {
+		t.Fatal(err)
+	}
+	typ, got, err := readFrame(&b)
+	if err != nil || typ != frameStdout || !bytes.Equal(got, payload) {
+		t.Fatalf("round trip: %q, %d bytes, %v", typ, len(got), err)
 	}
 }

@@ -7,6 +7,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -76,9 +77,19 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 	if n > maxFrame {
 		return 0, nil, fmt.Errorf("frame of %d bytes is larger than the limit of %d", n, maxFrame)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	// The buffer grows with what arrives rather than with what the header claims: the peer may be
+	// a job's own server in the agent's place, announcing 64 MiB and sending nothing.
+	var buf bytes.Buffer
+	buf.Grow(int(min(n, frameChunk)))
+	if _, err := io.CopyN(&buf, r, int64(n)); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return 0, nil, fmt.Errorf("short frame: %w", err)
 	}
-	return hdr[0], buf, nil
+	return hdr[0], buf.Bytes(), nil
 }
+
+// frameChunk is what readFrame reserves before any of a frame's payload has arrived: the size of
+// the agent's output chunks.
+const frameChunk = 32 << 10

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Server runs stages inside the container. It is meant to be PID 1 there: it reaps every child
@@ -43,6 +45,11 @@ func (s *Server) Serve() error {
 		s.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	s.idleSince = time.Now()
+	// Not dumpable: the job's processes run as the same user, and could otherwise ptrace the
+	// agent or read its memory and environment through /proc/1.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		s.Log.Warn("cannot make the agent undumpable", "err", err)
+	}
 	s.reaper = processReaper()
 	_ = os.Remove(s.Socket)
 	ln, err := net.Listen("unix", s.Socket+".new")
@@ -132,7 +139,7 @@ func (s *Server) run(conn net.Conn, req Request) {
 	forwarded := make(chan struct{})
 	go func() {
 		defer close(forwarded)
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, frameChunk)
 		for {
 			n, err := st.output.Read(buf)
 			if n > 0 {
@@ -195,8 +202,8 @@ func (s *Server) run(conn net.Conn, req Request) {
 
 type stage struct {
 	pid int
-	// output is the read end of the one pipe bash writes both stdout and stderr to: a job log is a
-	// single stream, and one pipe keeps the two in the order they were written.
+	// output is the agent's end of the one connection bash writes both stdout and stderr to: a job
+	// log is a single stream, and one connection keeps the two in the order they were written.
 	output *os.File
 	// stdin is the write end of the script's pipe; closed when the stage ends, in case a process
 	// that outlived bash still holds the read end with part of the script unread.
@@ -214,7 +221,7 @@ func (s *Server) start(script string) (*stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	outR, outW, err := os.Pipe()
+	outR, outW, err := outputPair()
 	if err != nil {
 		inR.Close()
 		inW.Close()
@@ -239,6 +246,28 @@ func (s *Server) start(script string) (*stage, error) {
 		inW.Close()
 	}()
 	return &stage{pid: pid, output: outR, stdin: inW, done: done}, nil
+}
+
+// outputPair makes the connection a stage writes its output to: a unix socket pair, not a pipe.
+// A process that sendfile()s from a socket into a pipe (busybox cat does, reading a connection)
+// holds the pipe's lock while it waits for data; every other writer, and the agent reading, then
+// block on that lock in the kernel, so a stage whose script had a cat still waiting on a silent
+// connection never ended. A socket has no such lock: sendfile into it goes through a pipe of the
+// sender's own. The agent's end is non-blocking, so that closing it ends a read in progress.
+func outputPair() (agentEnd, stageEnd *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("make the stage's output socket: %w", err)
+	}
+	// One way only: the stage writes, the agent reads.
+	_ = unix.Shutdown(fds[0], unix.SHUT_WR)
+	_ = unix.Shutdown(fds[1], unix.SHUT_RD)
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "stage-output"), os.NewFile(uintptr(fds[1]), "stage-output-w"), nil
 }
 
 // signalSession signals every process in the session led by sid: the stage's shell and whatever

@@ -3,14 +3,18 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hearth-ci/hearth/executor/agent"
+	"github.com/hearth-ci/hearth/internal/testenv"
 	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/runner"
 )
@@ -52,7 +56,13 @@ func TestAgentLogStaysBounded(t *testing.T) {
 // /root, no new privileges, seccomp filtering, and none of the capabilities that would let root in
 // the container reach the host (in a user namespace, on top).
 func TestContainerHardening(t *testing.T) {
-	cfg := writeConfig(t, "", "")
+	for _, network := range []string{"bridge", "host", "none"} {
+		t.Run(network, func(t *testing.T) { hardening(t, network) })
+	}
+}
+
+func hardening(t *testing.T, network string) {
+	cfg := writeConfig(t, `network = "`+network+`"`, "")
 	res, log := runJob(t, cfg, `probe:
   script:
     - grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status
@@ -60,6 +70,9 @@ func TestContainerHardening(t *testing.T) {
     - if touch /sys/hearth-probe 2>/dev/null || (echo 1 > /sys/kernel/mm/ksm/run) 2>/dev/null; then echo SYS-WRITABLE; else echo sys-is-read-only; fi
     - awk '$5 == "/tmp" || $5 == "/root" { print "mount", $5, $(NF-2) }' /proc/self/mountinfo
     - echo uid_map $(cat /proc/self/uid_map)
+    - echo cgroup-dirs $(ls /sys/fs/cgroup/memory | grep -c hearth-test || true)
+    - echo own-memory-limit $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+    - echo host-submounts $(grep -c -E ' /sys/(kernel/security|kernel/debug|fs/bpf) ' /proc/self/mountinfo || true)
 `, "probe")
 	if res.Err != nil {
 		t.Fatalf("probe: %v\n%s", res.Err, log)
@@ -68,6 +81,8 @@ func TestContainerHardening(t *testing.T) {
 	if strings.Contains(log, "\nROOT-WRITABLE") || strings.Contains(log, "\nSYS-WRITABLE") {
 		t.Fatalf("the probe could write where it must not:\n%s", log)
 	}
+	// /sys shows the job its own cgroup (limited to its own memory), not the host's tree.
+	mustContain(t, log, "cgroup-dirs 0", "own-memory-limit 4294967296")
 	// Container root is an unprivileged host uid.
 	if !strings.Contains(log, "uid_map 0 100000 65536") {
 		t.Fatalf("uid map:\n%s", log)
@@ -120,5 +135,101 @@ func TestPoisonedPathIsRejectedNotRetried(t *testing.T) {
 	out, err := exec.Command(parts.Hearth, "--config", cfg, "cache", "rejected").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), poisoned) || !strings.Contains(string(out), "NAR differs from the store's record") {
 		t.Fatalf("cache rejected: %v\n%s", err, out)
+	}
+}
+
+// A stage ends within a few seconds of its script's last command, with its output, even when the
+// script leaves an orphan holding the stage's output open: here a cat that a timeout orphaned,
+// still reading a connection to a web server on the host's loopback that never closes it.
+func TestStageEndsDespiteAnOrphanHoldingItsOutput(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("host-secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := exec.Command("/usr/bin/python3", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1", "--directory", dir)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	waitFor(t, "the web server", 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	cfg := writeConfig(t, hostNetwork, "")
+	src := fmt.Sprintf("hang:\n  script:\n    - timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && echo GET /secret >&3 && cat <&3' 2>/dev/null || echo NO-LOOPBACK; echo AFTER\n", port)
+	var log syncBuffer
+	start := time.Now()
+	done := make(chan runner.Result, 1)
+	go func() { done <- runner.New(jobOptions(t, cfg, src, "hang", &log)).Run(context.Background()) }()
+	var res runner.Result
+	select {
+	case res = <-done:
+	case <-time.After(60 * time.Second):
+		// What hung before: the orphaned cat held the output pipe's lock while it waited on
+		// the connection, and nothing could write to the pipe or read from it.
+		t.Fatalf("the job has not ended a minute after its script's last command:\n%s", log.String())
+	}
+	took := time.Since(start)
+	if res.State != "success" || !strings.Contains(log.String(), "\nAFTER") {
+		t.Fatalf("after %s: %s\n%s", took.Round(time.Millisecond), res, log.String())
+	}
+	if took > 20*time.Second {
+		t.Fatalf("the job took %s; its script was done after about 3 s", took.Round(time.Millisecond))
+	}
+	t.Logf("the job took %s", took.Round(time.Millisecond))
+}
+
+var probeTool struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// The attacks of a hostile job (internal/tools/probe), each refused: mount, new namespaces, raw
+// and packet sockets, keyrings, device nodes, writes to /proc/sys and /sys, ptrace of the agent and
+// its environment, the host's processes, reboot, the clock, kernel modules, and the sockets of
+// containerd and the nix-daemon's state on the host. A process it leaves behind with setsid
+// nohup does not survive cleanup.
+func TestHostileJobIsRefused(t *testing.T) {
+	probeTool.once.Do(func() {
+		probeTool.dir = filepath.Join(parts.Dir, "probe")
+		_, probeTool.err = testenv.BuildStatic("./internal/tools/probe", filepath.Join(probeTool.dir, "probe"))
+	})
+	if probeTool.err != nil {
+		t.Fatal(probeTool.err)
+	}
+	env := fmt.Sprintf("\n[environments.hostile]\nstore_path = %q\nmounts = [\"%s:/probe\"]\n", parts.Environment, probeTool.dir)
+	cfg := writeConfig(t, `default_environment = "hostile"`, env)
+	marker := fmt.Sprintf("%d.%d", time.Now().Unix()%100000, os.Getpid())
+	sockets := []string{parts.ContainerdSocket, "/run/containerd/containerd.sock", "/nix/var/nix/daemon-socket/socket.host"}
+	src := fmt.Sprintf("hostile:\n  script:\n    - /probe/probe %s\n    - setsid nohup sleep %s > /dev/null 2>&1 &\n    - echo left-behind\n", strings.Join(sockets, " "), marker)
+	res, log := runJob(t, cfg, src, "hostile")
+	if res.State != "success" {
+		t.Fatalf("%s\n%s", res, log)
+	}
+	probes := regexp.MustCompile(`(?m)^probe (.+): (denied|ALLOWED).*$`).FindAllStringSubmatch(log, -1)
+	if len(probes) != 17+len(sockets) {
+		t.Fatalf("the probe ran %d attacks, want %d:\n%s", len(probes), 17+len(sockets), log)
+	}
+	for _, p := range probes {
+		if p[2] != "denied" {
+			t.Errorf("a job could %s", p[1])
+		}
+		t.Log(p[0])
+	}
+	if t.Failed() {
+		t.Fatalf("the job log:\n%s", log)
+	}
+	if pids := processesMatching("sleep " + marker); len(pids) != 0 {
+		t.Fatalf("the job's setsid nohup sleep survived cleanup: pids %v", pids)
 	}
 }

@@ -115,12 +115,13 @@ func TestConfiguredImageEnvironment(t *testing.T) {
 	}
 }
 
-// network = "none" gives the job only a loopback of its own; "host" shows it the host's own links,
-// the same ones the host sees.
+// network = "none" gives the job only a loopback of its own; "bridge" a loopback and its end of
+// the bridge; "host" shows it the host's own links, the same ones the host sees.
 func TestNetworkModes(t *testing.T) {
-	const links = "ip -o link show | cut -d' ' -f2 | sort | tr '\\n' ' '"
+	// Names only: busybox and iproute2 write a veth's peer (the "@…" part) differently.
+	const links = "ip -o link show | cut -d' ' -f2 | cut -d@ -f1 | sed 's/:*$/:/' | sort | tr '\\n' ' '"
 	src := "j:\n  script:\n    - " + links + "; echo\n"
-	for _, network := range []string{"none", "host"} {
+	for _, network := range []string{"none", "bridge", "host"} {
 		t.Run(network, func(t *testing.T) {
 			cfg := writeConfig(t, `network = "`+network+`"`, "")
 			res, log := runJob(t, cfg, src, "j")
@@ -128,6 +129,9 @@ func TestNetworkModes(t *testing.T) {
 				t.Fatalf("%s\n%s", res, log)
 			}
 			want := "lo: "
+			if network == "bridge" {
+				want = "eth0: lo: "
+			}
 			if network == "host" {
 				// Read just after the job, so that the links the host has now are compared.
 				host, err := exec.Command("sh", "-c", links).Output()

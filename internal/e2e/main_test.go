@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 	if s3server != nil {
 		s3server.Close()
 	}
+	if outside.o != nil {
+		outside.o.Stop()
+	}
 	parts.Stop()
 	os.Exit(code)
 }

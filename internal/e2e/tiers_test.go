@@ -16,6 +16,10 @@ import (
 	"github.com/hearth-ci/hearth/runner"
 )
 
+// hostNetwork pins a job to the host's network namespace, which the daemon's fixed-output builds
+// share in these tests.
+const hostNetwork = `network = "host"`
+
 // tierOf returns an unprotected tier's daemon for test t (a store of its own), stopped when t ends.
 func tierOf(t *testing.T, substitute bool) *testenv.Daemon {
 	t.Helper()
@@ -75,7 +79,8 @@ func fdpassPath(t *testing.T, tiers ...*testenv.Daemon) string {
 
 // The attack of CVE-2024-27297 on Debian's Nix 2.8: an unprotected job's fixed-output build hands
 // a writable descriptor of its output to the job (over an abstract socket: the job shares the
-// host's network namespace) and the job rewrites the output after the daemon registered it. The
+// host's network namespace here; on the bridge, a second fixed-output build would hold it instead,
+// as both run in the daemon's namespace) and the job rewrites the output after the daemon registered it. The
 // output's path is what `nix-store --add` of the same file gives, so a protected job that adds that
 // file gets the poisoned content, builds from it, and pushes the result signed with the team's
 // key. With one daemon for every job (the control) it works end to end; with trust tiers the
@@ -95,11 +100,11 @@ func TestStorePoisoningAcrossTiers(t *testing.T) {
 			if tiered {
 				u = tierOf(t, false)
 				var err error
-				if cfg, err = d.WriteTieredConfig(u, "", `push = "always"`, tables); err != nil {
+				if cfg, err = d.WriteTieredConfig(u, hostNetwork, `push = "always"`, tables); err != nil {
 					t.Fatal(err)
 				}
 			} else {
-				cfg = writeCacheConfig(t, "", `push = "always"`, tables)
+				cfg = writeCacheConfig(t, hostNetwork, `push = "always"`, tables)
 			}
 			var tool string
 			if tiered {
@@ -230,7 +235,10 @@ func TestTiersKeepBuildsApart(t *testing.T) {
 	d := daemonOf(t)
 	u := tierOf(t, true)
 	tables, substituter, _ := signedCache(t)
-	cfg, err := d.WriteTieredConfig(u, "", `push = "protected"`, tables)
+	// An environment of the test's own: a collection spares a path any process on the host has
+	// in its environment (the agents of other jobs have the shared one on their PATH).
+	env := privateEnvironment(t)
+	cfg, err := d.WriteTieredConfig(u, `default_environment = "private"`, `push = "protected"`, tables+fmt.Sprintf("\n[environments.private]\nstore_path = %q\n", env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +252,7 @@ func TestTiersKeepBuildsApart(t *testing.T) {
 	if res.State != "success" {
 		t.Fatalf("%s\n%s", res, log)
 	}
-	for _, want := range []string{"Nix: the unprotected tier", "Copying environment default into the unprotected tier's store", "WARNING: the unprotected tier's nix-daemon (" + u.NixSocket + ") " + warned, "what this job built stays in the unprotected tier's store"} {
+	for _, want := range []string{"Nix: the unprotected tier", "Copying environment private into the unprotected tier's store", "WARNING: the unprotected tier's nix-daemon (" + u.NixSocket + ") " + warned, "what this job built stays in the unprotected tier's store"} {
 		if !strings.Contains(log, want) {
 			t.Fatalf("the unprotected job's log lacks %q:\n%s", want, log)
 		}
@@ -305,11 +313,12 @@ func TestTiersKeepBuildsApart(t *testing.T) {
 	if _, err := u.Nix("nix-store", "--gc"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(u.StoreRoot + parts.Environment); err == nil {
-		t.Fatalf("unrooted, the environment survived a collection: the control proves nothing")
+	if _, err := os.Stat(u.StoreRoot + env); err == nil {
+		why, _ := u.Nix("nix-store", "--query", "--roots", env)
+		t.Fatalf("unrooted, the environment survived a collection: the control proves nothing (its roots: %s)", why)
 	}
 	res, log = runJobAs(t, cfg, "again:\n  script:\n    - echo copied-again\n", "again", false)
-	if res.State != "success" || !strings.Contains(log, "Copying environment default into the unprotected tier's store") {
+	if res.State != "success" || !strings.Contains(log, "Copying environment private into the unprotected tier's store") {
 		t.Fatalf("the job after the control: %s\n%s", res, log)
 	}
 }
@@ -378,4 +387,17 @@ func TestRootsSurviveAJobsCollection(t *testing.T) {
 	if err != nil || !strings.Contains(dead, queuedPath) {
 		t.Fatalf("once pushed and unrooted, %s is not dead to the collector (%v): the roots proved nothing", queuedPath, err)
 	}
+}
+
+// privateEnvironment is a store-path environment of the test's own: a new path whose bin/ is the
+// test environment's.
+func privateEnvironment(t *testing.T) string {
+	t.Helper()
+	env, err := parts.Nix("nix-build", "--no-out-link", "-E", fmt.Sprintf(
+		`let tools = builtins.storePath %q; env = builtins.storePath %q; in derivation { name = "hearth-env-%d"; system = builtins.currentSystem; builder = "${tools}/bin/bash"; PATH = "${tools}/bin"; args = ["-c" "mkdir $out && ln -s ${env}/bin $out/bin"]; }`,
+		parts.Tools, parts.Environment, time.Now().UnixNano()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
 }

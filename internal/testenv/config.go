@@ -39,13 +39,19 @@ builds_root = %q
 cache_root = %q
 state_dir = %q
 %s
+[jobs.bridge]
+name = %q
+subnet = %q
+dns = [%s]
+
 [environments.default]
 store_path = %q
 
 [cache]
 queue_dir = %q
 %s
-%s`, e.ContainerdSocket, nix, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs, e.Environment,
+%s`, e.ContainerdSocket, nix, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs,
+		e.Bridge, e.BridgeSubnet, quoted(e.BridgeDNS), e.Environment,
 		d.QueueDir(), cache, tables)
 }
 
@@ -78,3 +84,11 @@ func (e *Parts) writeConfig(text string) (string, error) {
 // StateDir, BuildsRoot are where configs from Config keep job state and builds dirs.
 func (e *Parts) StateDir() string   { return filepath.Join(e.Dir, "hearth", "state") }
 func (e *Parts) BuildsRoot() string { return filepath.Join(e.Dir, "hearth", "builds") }
+
+func quoted(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}

@@ -23,8 +23,15 @@ type Daemon struct {
 	// (a tier's, from NewTierDaemon), which keeps its paths in StoreRoot/nix/store.
 	StoreRoot string
 
+	// HostAddr is, for an isolated daemon, the host's end of its veth: an address of the host's
+	// own, which its builds must not reach.
+	HostAddr string
+
 	dir   string
 	parts *Parts
+	netns string
+	veth  string
+	rules [][]string
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 }
@@ -42,15 +49,23 @@ func (e *Parts) NewDaemon() (*Daemon, error) {
 func (e *Parts) NewTierDaemon(substitute bool) (*Daemon, error) {
 	e.daemons++
 	name := fmt.Sprintf("tier-%d", e.daemons)
-	return e.startDaemon(name, filepath.Join(e.Dir, name, "root"), substitute)
+	return e.startDaemon(name, filepath.Join(e.Dir, name, "root"), substitute, false)
+}
+
+// NewIsolatedDaemon starts another daemon like NewDaemon, in a network namespace of its own with
+// NAT, as a runner host should run it: its fixed-output builds reach the outside (Outside) but
+// not the host's own addresses, its loopback services included. HostAddr is the host's end.
+func (e *Parts) NewIsolatedDaemon() (*Daemon, error) {
+	e.daemons++
+	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, true)
 }
 
 func (e *Parts) newDaemon(name string) (*Daemon, error) {
-	return e.startDaemon(name, "/", false)
+	return e.startDaemon(name, "/", false, false)
 }
 
-func (e *Parts) startDaemon(name, storeRoot string, substitute bool) (*Daemon, error) {
-	d := &Daemon{dir: filepath.Join(e.Dir, name), parts: e, StoreRoot: storeRoot}
+func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool) (d *Daemon, err error) {
+	d = &Daemon{dir: filepath.Join(e.Dir, name), parts: e, StoreRoot: storeRoot}
 	d.NixConfDir = filepath.Join(d.dir, "conf")
 	if err := os.MkdirAll(d.NixConfDir, 0o755); err != nil {
 		return nil, err
@@ -94,6 +109,17 @@ func (e *Parts) startDaemon(name, storeRoot string, substitute bool) (*Daemon, e
 	if storeRoot != "/" {
 		args = append(args, "--store", storeRoot)
 	}
+	if isolated {
+		defer func() {
+			if err != nil {
+				d.unisolate()
+			}
+		}()
+		if err := d.isolate(); err != nil {
+			return nil, err
+		}
+		args = append([]string{"ip", "netns", "exec", d.netns}, args...)
+	}
 	cmd, err := start(d.NixLog, daemonEnv, args...)
 	if err != nil {
 		return nil, err
@@ -133,6 +159,65 @@ func (d *Daemon) Stop() {
 		stop(d.cmd)
 		d.cmd = nil
 	}
+	d.unisolate()
+}
+
+// isolate makes the daemon's network namespace hearth-d<X>: 10.251.X.2, NAT through the host's
+// end 10.251.X.1, and nothing from it reaches the host itself.
+func (d *Daemon) isolate() error {
+	x, err := claimNetns("hearth-d")
+	if err != nil {
+		return err
+	}
+	d.netns, d.veth = fmt.Sprintf("hearth-d%d", x), fmt.Sprintf("hd%d", x)
+	d.HostAddr = fmt.Sprintf("10.251.%d.1", x)
+	addr, subnet := fmt.Sprintf("10.251.%d.2", x), fmt.Sprintf("10.251.%d.0/24", x)
+	in := func(args ...string) []string { return append([]string{"netns", "exec", d.netns}, args...) }
+	for _, args := range [][]string{
+		{"link", "add", d.veth, "type", "veth", "peer", "name", "eth0", "netns", d.netns},
+		{"addr", "add", d.HostAddr + "/24", "dev", d.veth},
+		{"link", "set", d.veth, "up"},
+		in("ip", "addr", "add", addr+"/24", "dev", "eth0"),
+		in("ip", "link", "set", "eth0", "up"),
+		in("ip", "link", "set", "lo", "up"),
+		in("ip", "route", "add", "default", "via", d.HostAddr),
+	} {
+		if err := runIP(args...); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+		return err
+	}
+	d.rules = [][]string{
+		{"-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", d.veth, "-j", "MASQUERADE"},
+		{"-A", "INPUT", "-i", d.veth, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+		{"-A", "INPUT", "-i", d.veth, "-j", "DROP"},
+	}
+	for _, r := range d.rules {
+		if out, err := exec.Command("iptables", r...).CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", strings.Join(r, " "), err, out)
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) unisolate() {
+	if d.netns == "" {
+		return
+	}
+	for _, r := range d.rules {
+		del := append([]string{}, r...)
+		for i, a := range del {
+			if a == "-A" {
+				del[i] = "-D"
+			}
+		}
+		exec.Command("iptables", del...).Run()
+	}
+	exec.Command("ip", "link", "del", d.veth).Run()
+	exec.Command("ip", "netns", "del", d.netns).Run()
+	d.netns = ""
 }
 
 // QueueDir is where the daemon's post-build-hook queues built paths.

@@ -40,6 +40,13 @@ type Parts struct {
 	// signed with (its public half is among the daemon's trusted-public-keys).
 	TeamCache, TeamKey string
 
+	// Bridge and BridgeSubnet are the bridge network of configs from Config: a bridge and subnet of
+	// the environment's own (hbr<X>, 10.218.<X>.0/24), so that environments on one machine, and a
+	// runner's own hearth0, never hand out the same address. BridgeDNS, when set, are the name
+	// servers those configs give jobs on it.
+	Bridge, BridgeSubnet string
+	BridgeDNS            []string
+
 	// GCRoots is the directory among the system store's GC roots where hearth's configs from
 	// Config root what they need ([nix] gc_roots_dir); Stop removes it.
 	GCRoots string
@@ -80,6 +87,8 @@ func Start(opts Options) (parts *Parts, err error) {
 		return nil, err
 	}
 	parts = &Parts{Dir: dir, GCRoots: "/nix/var/nix/gcroots/hearth-test-" + filepath.Base(dir)}
+	x := claimBridge()
+	parts.Bridge, parts.BridgeSubnet = fmt.Sprintf("hbr%d", x), fmt.Sprintf("10.218.%d.0/24", x)
 	defer func() {
 		if err != nil {
 			parts.Stop()
@@ -257,6 +266,41 @@ func (e *Parts) Stop() {
 	}
 	_ = os.RemoveAll(e.Dir)
 	_ = os.RemoveAll(e.GCRoots)
+	if e.Bridge != "" {
+		_ = exec.Command("ip", "link", "del", e.Bridge).Run()
+		releaseBridge(e.Bridge)
+	}
+}
+
+// claimBridge picks an X for a bridge hbr<X> no running environment uses, holding a lock file
+// under /run/hearth-test-bridges until Stop.
+func claimBridge() int {
+	dir := "/run/hearth-test-bridges"
+	_ = os.MkdirAll(dir, 0o755)
+	for x := 1; x <= 250; x++ {
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("hbr%d", x)), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			continue
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			continue
+		}
+		bridgeLocks[fmt.Sprintf("hbr%d", x)] = f // held until Stop, or until the process ends
+		// What a run that died left on it goes with it.
+		_ = exec.Command("ip", "link", "del", fmt.Sprintf("hbr%d", x)).Run()
+		return x
+	}
+	return 250
+}
+
+var bridgeLocks = map[string]*os.File{}
+
+func releaseBridge(name string) {
+	if f := bridgeLocks[name]; f != nil {
+		f.Close()
+		delete(bridgeLocks, name)
+	}
 }
 
 // stop ends a server's process group: SIGTERM, then SIGKILL after 10 s.

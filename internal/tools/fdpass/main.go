@@ -71,6 +71,11 @@ func recv(name, content, trigger string) error {
 		return err
 	}
 	fmt.Println("fdpass: listening on @" + name)
+	// Nobody may come (the build runs in another network namespace): give up rather than hang.
+	pfd := []unix.PollFd{{Fd: int32(l), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 60_000); err != nil || n == 0 {
+		return fmt.Errorf("no build connected to @%s within a minute (%v)", name, err)
+	}
 	c, _, err := unix.Accept(l)
 	if err != nil {
 		return err
