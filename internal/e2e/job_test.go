@@ -290,7 +290,8 @@ func TestUnknownConfigKeyInJobLog(t *testing.T) {
 }
 
 // Four jobs of one project at once, on two cores: all succeed, each in a builds dir of its own.
-func TestFourJobsAtOnce(t *testing.T) {
+func TestEightJobsAtOnce(t *testing.T) {
+	const n = 8
 	cfg := writeConfig(t, "", "")
 	src := `j:
   script:
@@ -299,23 +300,41 @@ func TestFourJobsAtOnce(t *testing.T) {
     - test "$(cat "$CI_PROJECT_DIR/owner")" = "$CI_JOB_ID"
     - test "$(ls /builds)" = group
     - test "$(ls /builds/group)" = project
+    - test "$(ip -o link | wc -l)" = 2
+    - echo "addr $(ip -4 -o addr show eth0 | awk '{print $4}')"
     - echo "slot-ok $CI_JOB_ID"
 `
-	results := make(chan string, 4)
-	for i := 0; i < 4; i++ {
+	type result struct{ msg, addr string }
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
 		go func() {
 			res, log := runJob(t, cfg, src, "j")
 			if res.State != "success" || !strings.Contains(log, "slot-ok") {
-				results <- fmt.Sprintf("job failed: %s\n%s", res, log)
+				results <- result{msg: fmt.Sprintf("job failed: %s\n%s", res, log)}
 				return
 			}
-			results <- ""
+			addr := regexp.MustCompile(`(?m)^addr (\S+)$`).FindStringSubmatch(log)
+			if addr == nil {
+				results <- result{msg: "no address in the job log:\n" + log}
+				return
+			}
+			results <- result{addr: addr[1]}
 		}()
 	}
-	for i := 0; i < 4; i++ {
-		if msg := <-results; msg != "" {
-			t.Error(msg)
+	addrs := map[string]bool{}
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.msg != "" {
+			t.Error(r.msg)
 		}
+		addrs[r.addr] = true
+	}
+	if t.Failed() {
+		return
+	}
+	// Each its own network: one address of its own on the bridge, no other link than lo.
+	if len(addrs) != n {
+		t.Fatalf("the %d jobs had %d distinct addresses: %v", n, len(addrs), addrs)
 	}
 	owners, _ := filepath.Glob(filepath.Join(parts.BuildsRoot(), "*", "7", "*", "group", "project", "owner"))
 	seen := map[string]bool{}
@@ -323,8 +342,8 @@ func TestFourJobsAtOnce(t *testing.T) {
 		b, _ := os.ReadFile(o)
 		seen[strings.TrimSpace(string(b))] = true
 	}
-	if len(seen) < 4 {
-		t.Fatalf("the four jobs used %d distinct builds dirs (%v), want 4", len(seen), owners)
+	if len(seen) < n {
+		t.Fatalf("the %d jobs used %d distinct builds dirs (%v), want %d", n, len(seen), owners, n)
 	}
 }
 

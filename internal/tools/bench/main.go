@@ -4,6 +4,9 @@
 //   - the whole-job wall time of a job with trivial stages, driven the way gitlab-runner drives the
 //     driver, against `ctr run --rm` of the same environment running true;
 //   - the time of a second build of a derivation that takes 5 s, against the first;
+//   - the whole job on the bridge network against the host network (network.go);
+//   - the first build in the unprotected tier of what the protected tier built and pushed,
+//     against a second build in the protected tier (network.go);
 //   - the cache's pushes, against nix copy (cache.go);
 //   - deploys to four SSH targets against one, a no-op deploy, and moving a closure over 200 MiB
 //     to a target by pulling and by hearth's push, against nix copy --to ssh:// (deploy.go).
@@ -32,7 +35,7 @@ func main() {
 	cacheRuns := flag.Int("cache-runs", 3, "runs of each cache measurement")
 	deployRuns := flag.Int("deploy-runs", 5, "runs of each deploy measurement")
 	bigRuns := flag.Int("big-runs", 3, "runs of the 200 MiB transfer measurement")
-	only := flag.String("only", "", `"job", "cache" or "deploy": run only those benchmarks`)
+	only := flag.String("only", "", `"job", "network", "tiers", "cache" or "deploy": run only those benchmarks`)
 	flag.Parse()
 	if err := run(*runs, *builds, *cacheRuns, *deployRuns, *bigRuns, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -59,6 +62,16 @@ func run(runs, builds, cacheRuns, deployRuns, bigRuns int, only string) error {
 			return err
 		}
 	}
+	if only == "" || only == "network" {
+		if err := benchNetwork(parts, runs); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "tiers" {
+		if err := benchTiers(parts, builds); err != nil {
+			return err
+		}
+	}
 	if only == "" || only == "cache" {
 		if err := benchCache(parts, cacheRuns); err != nil {
 			return err
@@ -71,7 +84,8 @@ func run(runs, builds, cacheRuns, deployRuns, bigRuns int, only string) error {
 }
 
 func benchJob(parts *testenv.Parts, runs, builds int) error {
-	cfg, err := parts.WriteConfig("", "", "")
+	// The host network, as the floor has: the bridge's own cost is measured apart (network.go).
+	cfg, err := parts.WriteConfig(`network = "host"`, "", "")
 	if err != nil {
 		return err
 	}
@@ -181,6 +195,11 @@ func ctrRun(parts *testenv.Parts, rootfs, id string, args []string) (time.Durati
 }
 
 func runJob(parts *testenv.Parts, cfg, src string, timed func(string, time.Duration)) (time.Duration, string, error) {
+	return runJobAs(parts, cfg, src, false, timed)
+}
+
+// runJobAs runs a job, on a protected ref or not.
+func runJobAs(parts *testenv.Parts, cfg, src string, protected bool, timed func(string, time.Duration)) (time.Duration, string, error) {
 	job, err := runner.ParseJob([]byte(src), "job")
 	if err != nil {
 		return 0, "", err
@@ -193,6 +212,7 @@ func runJob(parts *testenv.Parts, cfg, src string, timed func(string, time.Durat
 		Custom: runner.Custom{Config: drv("config"), Prepare: drv("prepare"), Run: drv("run"), Cleanup: drv("cleanup")},
 		Job:    job, JobID: time.Now().UnixNano() % 1e9, ProjectID: 1, ProjectPath: "bench/project",
 		RepoURL: "https://gitlab.example.com/bench/project.git", RunnerToken: "bench", Log: &log, Timed: timed,
+		Protected: protected,
 	})
 	start := time.Now()
 	res := jobRunner.Run(context.Background())
