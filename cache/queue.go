@@ -109,6 +109,37 @@ func (q Queue) unroot(path string) error {
 	return nil
 }
 
+// GCRoots removes the GC roots of entries that are no longer queued — what a crash between
+// rooting and queueing, or between pushing and unrooting, leaves — once older than a minute (a
+// hook call roots an entry a moment before it appears). It returns what it removed.
+func (q Queue) GCRoots() ([]string, error) {
+	if q.RootsDir == "" {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(q.RootsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read queue roots %s: %w", q.RootsDir, err)
+	}
+	var removed []string
+	for _, ent := range ents {
+		if _, err := os.Stat(filepath.Join(q.Dir, ent.Name()+entrySuffix)); err == nil {
+			continue
+		}
+		fi, err := ent.Info()
+		if err != nil || time.Since(fi.ModTime()) < time.Minute {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(q.RootsDir, ent.Name())); err != nil {
+			return removed, fmt.Errorf("remove queue roots: %w", err)
+		}
+		removed = append(removed, ent.Name())
+	}
+	return removed, nil
+}
+
 // Entry is one queued hook call.
 type Entry struct {
 	Path    string

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestQueueAddTakeDone(t *testing.T) {
@@ -143,4 +144,36 @@ func TestQueueRootsUntilPushed(t *testing.T) {
 		t.Fatalf("roots after one entry was pushed: %v, want the other's only", left)
 	}
 	b.Release()
+}
+
+// Roots of entries no longer queued (a crash between rooting and queueing, or between pushing
+// and unrooting) are removed by GCRoots once old; those of queued entries stay.
+func TestQueueGCRoots(t *testing.T) {
+	dir := t.TempDir()
+	q := Queue{Dir: filepath.Join(dir, "queue"), RootsDir: filepath.Join(dir, "roots")}
+	if err := q.Add([]string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	orphan := filepath.Join(q.RootsDir, "1-2-orphan")
+	fresh := filepath.Join(q.RootsDir, "3-4-fresh")
+	for _, d := range []string{orphan, fresh} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(orphan, old, old)
+	queued, _ := filepath.Glob(filepath.Join(q.RootsDir, "*"))
+	for _, d := range queued {
+		os.Chtimes(d, old, old)
+	}
+	os.Chtimes(fresh, time.Now(), time.Now())
+	removed, err := q.GCRoots()
+	if err != nil || len(removed) != 1 || removed[0] != "1-2-orphan" {
+		t.Fatalf("GCRoots removed %v (%v), want the orphan only", removed, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(q.RootsDir, "*"))
+	if len(left) != 2 {
+		t.Fatalf("left %v, want the queued entry's roots and the fresh ones", left)
+	}
 }

@@ -45,7 +45,8 @@ func (b *Batch) reject(i int, why error) error {
 	if err != nil {
 		return fmt.Errorf("reject queue entry: %w", err)
 	}
-	return nil
+	// A rejected path is not kept alive for a push that will not come: a repair rebuilds it.
+	return b.queue.unroot(e.Path)
 }
 
 // Rejected is one rejected queue entry.

@@ -197,8 +197,8 @@ func (b Bridge) validate(at func(key ...string) string) error {
 	}
 	for _, d := range b.DNS {
 		a, err := netip.ParseAddr(d)
-		if err != nil || a.IsLoopback() {
-			return fmt.Errorf("%s: %q is not a name server a job can reach: give an IP address that is not loopback", at("jobs", "bridge", "dns"), d)
+		if err != nil || !a.Is4() || a.IsLoopback() || a.IsLinkLocalUnicast() {
+			return fmt.Errorf("%s: %q is not a name server a job can reach: give an IPv4 address that is neither loopback nor link-local", at("jobs", "bridge", "dns"), d)
 		}
 	}
 	if len(b.PluginDirs) == 0 {

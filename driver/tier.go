@@ -59,6 +59,10 @@ func warnOldDaemon(ctx context.Context, log io.Writer, stateDir string, t config
 	}
 	fmt.Fprintf(f, "%s %s\n", t.DaemonSocket, info.Version)
 	f.Close()
+	if info.Version == "" {
+		warning(log, "the %s tier's nix-daemon (%s) speaks worker protocol %s and does not say its version: it is older than every Nix that has fixed a known store-integrity advisory. Update Nix on this host.", t.Name, t.DaemonSocket, info.Protocol)
+		return
+	}
 	if found := daemon.Vulnerable(info.Version); len(found) > 0 {
 		warning(log, "the %s tier's nix-daemon (%s) runs Nix %s, which predates the fix of %s. Update Nix on this host.", t.Name, t.DaemonSocket, info.Version, daemon.Describe(found))
 	}

@@ -179,8 +179,9 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 	code, err := agent.Run(ctx, sock, agent.Request{Stage: stage, Script: script}, out, grace)
 	if (err != nil || code != 0) && ooms >= 0 && e.oomKills(id) > ooms {
 		// The kernel killed part of the stage, or the agent itself: that is why it failed.
-		st, _ := e.readState(id)
-		return 0, memoryLimitError(stage, st.Memory)
+		if st, _ := e.readState(id); st.Memory > 0 {
+			return 0, memoryLimitError(stage, st.Memory)
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("run stage %s in %s: %w", stage, id, err)

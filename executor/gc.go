@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -191,6 +192,7 @@ func (e *Executor) gcNetworks(ctx context.Context, live map[string]bool, now tim
 		}
 		return fmt.Errorf("list network namespaces: %w", err)
 	}
+	var failed []error
 	for _, ent := range entries {
 		id := ent.Name()
 		if live[id] {
@@ -200,9 +202,11 @@ func (e *Executor) gcNetworks(ctx context.Context, live map[string]bool, now tim
 			continue
 		}
 		if err := e.detachBridge(ctx, id); err != nil {
-			return err
+			failed = append(failed, err)
+			continue
 		}
 		fmt.Fprintf(log, "released the network of job %s: it has no container\n", id)
 	}
-	return nil
+	// One namespace that cannot be released does not keep gc from the others.
+	return errors.Join(failed...)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/netns"
 	gocni "github.com/containerd/go-cni"
+	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/coreos/go-iptables/iptables"
 )
 
@@ -117,6 +118,19 @@ func (e *Executor) attachBridge(ctx context.Context, id string) (string, error) 
 	if err := e.overrideFirewallPlugin(ctx); err != nil {
 		return "", err
 	}
+	// The rules above are IPv4's: with IPv6 the job could reach the host at the bridge's
+	// link-local address. The job has no IPv6 at all, and cannot turn it on in a namespace it
+	// does not own.
+	if err := ns.Do(func(cnins.NetNS) error {
+		for _, f := range []string{"all", "default", "eth0", "lo"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1\n"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return "", fmt.Errorf("turn IPv6 off in the network namespace of %s: %w", id, err)
+	}
 	// Ports of the bridge do not talk to each other: a job cannot reach another job on it.
 	for name, iface := range res.Interfaces {
 		if iface.Sandbox != "" || name == e.cfg.Jobs.Bridge.Name || !strings.HasPrefix(name, "veth") {
@@ -189,6 +203,18 @@ func (e *Executor) isolateBridge() error {
 		}
 	}
 	chains[in] = append(chains[in], []string{"-i", br, "-j", "DROP"})
+	// A guard left by a prepare killed while it rewrote a chain would cut every job off.
+	for _, from := range []string{"INPUT", "FORWARD"} {
+		for {
+			ok, err := ipt.Exists("filter", from, guardRule(br)...)
+			if err != nil || !ok {
+				break
+			}
+			if err := ipt.Delete("filter", from, guardRule(br)...); err != nil {
+				return fmt.Errorf("iptables: remove a guard left behind: %w", err)
+			}
+		}
+	}
 	for chain, rules := range chains {
 		from := map[string]string{in: "INPUT", fwd: "FORWARD"}[chain]
 		exists, err := ipt.ChainExists("filter", chain)
@@ -207,7 +233,7 @@ func (e *Executor) isolateBridge() error {
 		if !same {
 			// Rewritten whole, the order of its rules being what it means, while everything from
 			// the bridge is dropped: a change never opens a gap.
-			guard := []string{"-i", br, "-j", "DROP"}
+			guard := guardRule(br)
 			if err := ipt.Insert("filter", from, 1, guard...); err != nil {
 				return fmt.Errorf("iptables: %w", err)
 			}
@@ -230,6 +256,11 @@ func (e *Executor) isolateBridge() error {
 		}
 	}
 	return nil
+}
+
+// guardRule drops everything from the bridge while its chains are rewritten.
+func guardRule(bridge string) []string {
+	return []string{"-i", bridge, "-m", "comment", "--comment", "hearth guard: " + bridge + "'s rules are being rewritten", "-j", "DROP"}
 }
 
 // inputChain and forwardChain are the chains of one bridge's rules: a chain per bridge, so that

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/nixstore"
@@ -43,6 +44,9 @@ func (e *Executor) environmentIn(ctx context.Context, tier config.Tier, env Envi
 			return envError(env, fmt.Errorf("environment %s: store path %s is not in the store (build it on this host, or fix store_path): %w", env.Name, env.StorePath, err))
 		}
 		return makeRoot(root, env.StorePath)
+	}
+	if _, err := os.Stat(env.StorePath); err != nil {
+		return envError(env, fmt.Errorf("environment %s: store path %s is not in the system store, which the %s tier's copy comes from (build it on this host, or fix store_path): %w", env.Name, env.StorePath, tier.Name, err))
 	}
 	// A root under another name holds the closure while it is copied, so that a collection in the
 	// tier's store cannot take half of it; the final name says the copy is complete.
@@ -104,7 +108,8 @@ func (e *Executor) gcEnvironmentRoots(log io.Writer) error {
 			return fmt.Errorf("read GC roots of the %s tier: %w", tier.Name, err)
 		}
 		for _, ent := range ents {
-			if slices.Contains(keep, ent.Name()) || ent.Type()&fs.ModeSymlink == 0 {
+			// .copying and .new roots are a copy or a rename in progress.
+			if slices.Contains(keep, ent.Name()) || ent.Type()&fs.ModeSymlink == 0 || strings.HasSuffix(ent.Name(), ".copying") || strings.HasSuffix(ent.Name(), ".new") {
 				continue
 			}
 			if err := os.Remove(filepath.Join(dir, ent.Name())); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hearth-ci/hearth/cache/open"
 	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/executor"
 )
@@ -33,6 +34,13 @@ func gcCommand() *cli.Command {
 			ex := executor.New(cfg)
 			defer ex.Close()
 			if err := ex.GC(c.Context, c.Duration("older-than"), os.Stdout); err != nil {
+				return err
+			}
+			removed, err := open.Queue(cfg).GCRoots()
+			for _, r := range removed {
+				fmt.Fprintf(os.Stdout, "removed the GC roots of queue entry %s: it is no longer queued\n", r)
+			}
+			if err != nil {
 				return err
 			}
 			// A deploy's lock is held for as long as it runs, so no age applies to deploys.

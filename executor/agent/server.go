@@ -151,6 +151,10 @@ func (s *Server) run(conn net.Conn, req Request) {
 		}
 	}()
 
+	stageDone := make(chan struct{})
+	defer close(stageDone)
+	go s.unwedge(st, stageDone, func(line string) { send(frameStdout, []byte(line)) })
+
 	// Anything the client sends now is a request to stop; so is the client going away.
 	stop := make(chan struct{})
 	go func() {
@@ -202,8 +206,9 @@ func (s *Server) run(conn net.Conn, req Request) {
 
 type stage struct {
 	pid int
-	// output is the agent's end of the one connection bash writes both stdout and stderr to: a job
-	// log is a single stream, and one connection keeps the two in the order they were written.
+	// output is the read end of the one pipe bash writes both stdout and stderr to: a job log is a
+	// single stream, and one pipe keeps the two in the order they were written. (A pipe, not a
+	// socket: scripts write to /dev/stderr, which cannot be opened on a socket.)
 	output *os.File
 	// stdin is the write end of the script's pipe; closed when the stage ends, in case a process
 	// that outlived bash still holds the read end with part of the script unread.
@@ -221,7 +226,7 @@ func (s *Server) start(script string) (*stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	outR, outW, err := outputPair()
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
@@ -248,26 +253,99 @@ func (s *Server) start(script string) (*stage, error) {
 	return &stage{pid: pid, output: outR, stdin: inW, done: done}, nil
 }
 
-// outputPair makes the connection a stage writes its output to: a unix socket pair, not a pipe.
-// A process that sendfile()s from a socket into a pipe (busybox cat does, reading a connection)
-// holds the pipe's lock while it waits for data; every other writer, and the agent reading, then
-// block on that lock in the kernel, so a stage whose script had a cat still waiting on a silent
-// connection never ended. A socket has no such lock: sendfile into it goes through a pipe of the
-// sender's own. The agent's end is non-blocking, so that closing it ends a read in progress.
-func outputPair() (agentEnd, stageEnd *os.File, err error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+// unwedge keeps a process the script left behind from holding the stage's output for good. A
+// process that sendfile()s from a socket into the output pipe (busybox cat does, reading a
+// connection) holds the pipe's lock while it waits for data; every other writer, the script's
+// own echo included, and the agent reading then block on that lock in the kernel, and the stage
+// never ends. Such a writer is in uninterruptible sleep in the pipe's write, where a writer to a
+// merely full pipe sleeps interruptibly: when one stays so for two looks a second apart, the
+// orphans of the session (reparented to the agent) that hold the pipe are killed, and the job
+// log says so.
+func (s *Server) unwedge(st *stage, done <-chan struct{}, say func(string)) {
+	// Stat, not Fd: Fd would put the pipe in blocking mode, and closing it would no longer end a
+	// read in progress.
+	fi, err := st.output.Stat()
 	if err != nil {
-		return nil, nil, fmt.Errorf("make the stage's output socket: %w", err)
+		return
 	}
-	// One way only: the stage writes, the agent reads.
-	_ = unix.Shutdown(fds[0], unix.SHUT_WR)
-	_ = unix.Shutdown(fds[1], unix.SHUT_RD)
-	if err := unix.SetNonblock(fds[0], true); err != nil {
-		unix.Close(fds[0])
-		unix.Close(fds[1])
-		return nil, nil, err
+	pipe, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
 	}
-	return os.NewFile(uintptr(fds[0]), "stage-output"), os.NewFile(uintptr(fds[1]), "stage-output-w"), nil
+	holds := "pipe:[" + strconv.FormatUint(pipe.Ino, 10) + "]"
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	stuck := 0
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		wedged := false
+		forSession(st.pid, func(pid int) {
+			if state, wchan := procState(pid); state == "D" && strings.Contains(wchan, "pipe_write") {
+				wedged = true
+			}
+		})
+		if !wedged {
+			stuck = 0
+			continue
+		}
+		if stuck++; stuck < 2 {
+			continue
+		}
+		forSession(st.pid, func(pid int) {
+			if parentOf(pid) != os.Getpid() || pid == st.pid || !holdsFile(pid, holds) {
+				return
+			}
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			name, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+			s.Log.Info("killed a leftover holding the stage's output", "pid", pid, "command", strings.TrimSpace(string(name)))
+			say(fmt.Sprintf("hearth: killed %s (pid %d), which the script left behind holding the job log's output while it waited on a connection; the script could not write until then\n", strings.TrimSpace(string(name)), pid))
+		})
+		stuck = 0
+	}
+}
+
+// procState is a process's state letter and the kernel function it sleeps in.
+func procState(pid int) (state, wchan string) {
+	_, state, _ = sessionOf(pid)
+	w, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+	return state, string(w)
+}
+
+// parentOf is a process's parent's pid, or 0.
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// holdsFile reports whether the process has a descriptor whose link reads target.
+func holdsFile(pid int, target string) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && l == target {
+			return true
+		}
+	}
+	return false
 }
 
 // signalSession signals every process in the session led by sid: the stage's shell and whatever

@@ -48,6 +48,26 @@ func s3Bucket(t *testing.T, signingKey string) (string, string) {
 		name, s3server.URL, id, secret, signingKey), dir
 }
 
+// atticCache starts an Attic server, stopped when t ends, with a public cache named name; it
+// returns the server, the cache's public key and a file holding a token that may push and pull.
+func atticCache(t *testing.T, name string) (*atticd.Server, string, string) {
+	t.Helper()
+	srv, err := atticd.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	pub, err := srv.CreateCache(name, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := filepath.Join(t.TempDir(), "attic-token")
+	if err := os.WriteFile(token, []byte(srv.Token(atticd.Permissions{Pattern: name, Pull: true, Push: true})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv, pub, token
+}
+
 // keyPair writes a new signing key and returns its file and public key.
 func keyPair(t *testing.T, name string) (string, string) {
 	t.Helper()
@@ -99,19 +119,7 @@ func TestJobOutputsReachEachCache(t *testing.T) {
 	fileDir := filepath.Join(t.TempDir(), "file-cache")
 	s3Key, s3Pub := keyPair(t, "hearth-e2e-s3-1")
 	s3Table, s3Dir := s3Bucket(t, s3Key)
-	srv, err := atticd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	atticPub, err := srv.CreateCache("ci", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := filepath.Join(t.TempDir(), "attic-token")
-	if err := os.WriteFile(token, []byte(srv.Token(atticd.Permissions{Pattern: "ci", Pull: true, Push: true})), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	srv, atticPub, token := atticCache(t, "ci")
 	for _, b := range []backend{
 		{"file", `backend = "file"`, fmt.Sprintf("\n[cache.file]\ndir = %q\nsigning_key_file = %q\n", fileDir, fileKey), "file://" + fileDir, filePub, "file://"},
 		{"s3", `backend = "s3"`, s3Table, "file://" + s3Dir, s3Pub, "s3://"},

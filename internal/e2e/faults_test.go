@@ -8,14 +8,10 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hearth-ci/hearth/internal/testenv/atticd"
 )
 
 // flaky is a proxy in front of a cache server that answers the first n uploads with an error, as
@@ -68,19 +64,7 @@ func newFlaky(t *testing.T, target string, n int64, status int, body string) *fl
 func TestPushRetriesThroughServerErrors(t *testing.T) {
 	s3Key, s3Pub := keyPair(t, "hearth-e2e-flaky-1")
 	s3Table, s3Dir := s3Bucket(t, s3Key)
-	srv, err := atticd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	atticPub, err := srv.CreateCache("flaky", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := filepath.Join(t.TempDir(), "attic-token")
-	if err := os.WriteFile(token, []byte(srv.Token(atticd.Permissions{Pattern: "flaky", Pull: true, Push: true})), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	srv, atticPub, token := atticCache(t, "flaky")
 	for _, tc := range []struct {
 		name, backend, tables, substituter, public string
 		// failures is how many uploads fail: for Attic, whose client waits 2 s, then 4.5 s

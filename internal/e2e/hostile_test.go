@@ -139,8 +139,10 @@ func TestPoisonedPathIsRejectedNotRetried(t *testing.T) {
 }
 
 // A stage ends within a few seconds of its script's last command, with its output, even when the
-// script leaves an orphan holding the stage's output open: here a cat that a timeout orphaned,
-// still reading a connection to a web server on the host's loopback that never closes it.
+// script leaves an orphan holding the stage's output: here a cat that a timeout orphaned, still
+// reading (with sendfile, holding the output pipe's lock) a connection to a web server on the
+// host's loopback that never closes it. The job log says what was killed, and the script can
+// still write to /dev/stderr (which a socket in the pipe's place would not allow).
 func TestStageEndsDespiteAnOrphanHoldingItsOutput(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -165,7 +167,7 @@ func TestStageEndsDespiteAnOrphanHoldingItsOutput(t *testing.T) {
 		return err == nil
 	})
 	cfg := writeConfig(t, hostNetwork, "")
-	src := fmt.Sprintf("hang:\n  script:\n    - timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && echo GET /secret >&3 && cat <&3' 2>/dev/null || echo NO-LOOPBACK; echo AFTER\n", port)
+	src := fmt.Sprintf("hang:\n  script:\n    - timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && echo GET /secret >&3 && cat <&3' 2>/dev/null || echo NO-LOOPBACK; echo AFTER\n    - echo via-dev-stderr > /dev/stderr\n", port)
 	var log syncBuffer
 	start := time.Now()
 	done := make(chan runner.Result, 1)
@@ -179,7 +181,7 @@ func TestStageEndsDespiteAnOrphanHoldingItsOutput(t *testing.T) {
 		t.Fatalf("the job has not ended a minute after its script's last command:\n%s", log.String())
 	}
 	took := time.Since(start)
-	if res.State != "success" || !strings.Contains(log.String(), "\nAFTER") {
+	if res.State != "success" || !strings.Contains(log.String(), "\nAFTER") || !strings.Contains(log.String(), "\nvia-dev-stderr") || !strings.Contains(log.String(), "hearth: killed cat") {
 		t.Fatalf("after %s: %s\n%s", took.Round(time.Millisecond), res, log.String())
 	}
 	if took > 20*time.Second {

@@ -330,7 +330,11 @@ func TestRootsSurviveAJobsCollection(t *testing.T) {
 	d := daemonOf(t)
 	u := tierOf(t, false)
 	tables, substituter, public := signedCache(t)
-	hold, err := d.WriteTieredConfig(u, "", `push = "never"`, tables)
+	// An environment of the test's own: the agents of other jobs keep the shared one alive.
+	env := privateEnvironment(t)
+	envTable := fmt.Sprintf("\n[environments.private]\nstore_path = %q\n", env)
+	tables += envTable
+	hold, err := d.WriteTieredConfig(u, `default_environment = "private"`, `push = "never"`, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +356,7 @@ func TestRootsSurviveAJobsCollection(t *testing.T) {
     - nix-store --gc --print-dead > /tmp/dead 2>/dev/null
     - grep -q "$dead" /tmp/dead && echo control-is-dead
     - grep -E '%[2]s|%[3]s|%[4]s' /tmp/dead || echo none-of-ours-dead
-`, nonce, queuedPath, parts.Environment, parts.Tools)
+`, nonce, queuedPath, env, parts.Tools)
 	res, log = runJobAs(t, hold, collect, "collect", true)
 	if res.State != "success" {
 		t.Fatalf("%s\n%s", res, log)
@@ -366,7 +370,7 @@ func TestRootsSurviveAJobsCollection(t *testing.T) {
 		t.Fatalf("the queued %s is gone: %v", queuedPath, err)
 	}
 
-	push, err := d.WriteTieredConfig(u, "", `push = "always"`, tables)
+	push, err := d.WriteTieredConfig(u, `default_environment = "private"`, `push = "always"`, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
