@@ -29,6 +29,8 @@ type state struct {
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// Memory is the job's memory limit, for the sentence a stage killed by it ends with.
 	Memory int64 `json:"memory,omitempty"`
+	// DaemonSocket is the job's tier's nix-daemon, watched for a restart during a stage.
+	DaemonSocket string `json:"daemon_socket,omitempty"`
 }
 
 func (e *Executor) writeState(st state) error {

@@ -176,11 +176,16 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 	grace := e.cfg.Jobs.StopTimeout.Std() + 3*time.Second
 	defer e.active(id)()
 	ooms := e.oomKills(id)
+	st, _ := e.readState(id)
+	daemon, hadDaemon := markOf(st.DaemonSocket)
 	code, err := agent.Run(ctx, sock, agent.Request{Stage: stage, Script: script}, out, grace)
-	if (err != nil || code != 0) && ooms >= 0 && e.oomKills(id) > ooms {
-		// The kernel killed part of the stage, or the agent itself: that is why it failed.
-		if st, _ := e.readState(id); st.Memory > 0 {
+	if err != nil || code != 0 {
+		if ooms >= 0 && e.oomKills(id) > ooms && st.Memory > 0 {
+			// The kernel killed part of the stage, or the agent itself: that is why it failed.
 			return 0, memoryLimitError(stage, st.Memory)
+		}
+		if ferr := e.hostFault(id, stage, daemon, hadDaemon); ferr != nil {
+			return 0, ferr
 		}
 	}
 	if err != nil {

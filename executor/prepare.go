@@ -123,7 +123,7 @@ func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
 	if err := os.MkdirAll(d.agent, 0o700); err != nil {
 		return d, fmt.Errorf("make job dir: %w", err)
 	}
-	st := state{ID: job.ID, Created: created, Timeout: job.Timeout, Memory: job.Limits.Memory}
+	st := state{ID: job.ID, Created: created, Timeout: job.Timeout, Memory: job.Limits.Memory, DaemonSocket: job.Tier.DaemonSocket}
 	if err := e.writeState(st); err != nil {
 		return d, err
 	}

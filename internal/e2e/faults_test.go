@@ -2,16 +2,22 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hearth-ci/hearth/runner"
 )
 
 // flaky is a proxy in front of a cache server that answers the first n uploads with an error, as
@@ -108,4 +114,44 @@ func TestPushRetriesThroughServerErrors(t *testing.T) {
 			t.Logf("%d failed uploads retried; the job took %s", failures, time.Since(start).Round(time.Millisecond))
 		})
 	}
+}
+
+// A stage that fails because of the host says so, naming the part, and is the runner's failure:
+// the job's nix-daemon restarted under its build, or its builds dir's file system filled up.
+func TestHostFaultsAreSaid(t *testing.T) {
+	t.Run("daemon restarted mid-build", func(t *testing.T) {
+		d := daemonOf(t)
+		cfg := writeConfig(t, "", "")
+		nonce := fmt.Sprint("restart-", time.Now().UnixNano())
+		var log syncBuffer
+		done := make(chan runner.Result, 1)
+		go func() {
+			done <- runner.New(jobOptions(t, cfg, "build:\n  script:\n    - |\n      cat > d.nix <<'EOF'\n"+indent(derivation(nonce, 6), "      ")+"\n      EOF\n    - nix-build --no-out-link d.nix\n", "build", &log)).Run(context.Background())
+		}()
+		waitFor(t, "the build to start", 30*time.Second, func() bool { return strings.Contains(log.String(), "building '") })
+		if err := d.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		res := <-done
+		if res.State == "success" || !strings.Contains(res.String(), "system failure") {
+			t.Fatalf("the job: %s, want a system failure\n%s", res, log.String())
+		}
+		mustContain(t, log.String(), "the nix-daemon at "+d.NixSocket+" (the job's Nix) stopped or restarted during stage")
+	})
+	t.Run("builds dir full", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), "small-builds")
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", root).CombinedOutput(); err != nil {
+			t.Fatalf("mount a small file system: %v: %s", err, out)
+		}
+		defer exec.Command("umount", "-l", root).Run()
+		cfg := writeConfig(t, fmt.Sprintf("builds_root = %q", root), "")
+		res, log := runJob(t, cfg, "fill:\n  script:\n    - head -c 10000000 /dev/zero > big\n", "fill")
+		if res.State == "success" || !strings.Contains(res.String(), "system failure") {
+			t.Fatalf("the job: %s, want a system failure\n%s", res, log)
+		}
+		mustContain(t, log, "the file system of the job's builds dir (", "/builds in the job) is full")
+	})
 }

@@ -25,6 +25,11 @@ func (d *Daemon) TieredConfig(u *Daemon, jobs, cache, tables string) string {
 
 func (d *Daemon) config(nix, jobs, cache, tables string) string {
 	e := d.parts
+	// jobs may name a builds_root of its own; a key may appear once.
+	buildsRoot := fmt.Sprintf("builds_root = %q", filepath.Join(e.Dir, "hearth", "builds"))
+	if strings.Contains(jobs, "builds_root =") {
+		buildsRoot = ""
+	}
 	h := filepath.Join(e.Dir, "hearth")
 	if !strings.Contains(tables, "[cache.file]") {
 		tables += fmt.Sprintf("\n[cache.file]\ndir = %q\n", e.FileCacheDir())
@@ -35,7 +40,7 @@ namespace = "hearth-test"
 
 %s
 [jobs]
-builds_root = %q
+%s
 cache_root = %q
 state_dir = %q
 %s
@@ -50,7 +55,7 @@ store_path = %q
 [cache]
 queue_dir = %q
 %s
-%s`, e.ContainerdSocket, nix, filepath.Join(h, "builds"), filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs,
+%s`, e.ContainerdSocket, nix, buildsRoot, filepath.Join(h, "cache"), filepath.Join(h, "state"), jobs,
 		e.Bridge, e.BridgeSubnet, quoted(e.BridgeDNS), e.Environment,
 		d.QueueDir(), cache, tables)
 }

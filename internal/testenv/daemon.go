@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -32,6 +34,8 @@ type Daemon struct {
 	netns string
 	veth  string
 	rules [][]string
+	env   []string
+	args  []string
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 }
@@ -120,6 +124,7 @@ func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool) (
 		}
 		args = append([]string{"ip", "netns", "exec", d.netns}, args...)
 	}
+	d.env, d.args = daemonEnv, args
 	cmd, err := start(d.NixLog, daemonEnv, args...)
 	if err != nil {
 		return nil, err
@@ -160,6 +165,29 @@ func (d *Daemon) Stop() {
 		d.cmd = nil
 	}
 	d.unisolate()
+}
+
+// Restart stops the daemon and starts it again on the same socket, as a host's daemon restarts:
+// its clients lose their connections, and the socket is made anew.
+func (d *Daemon) Restart() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd != nil {
+		// All of it, as systemd restarts a unit: the daemon serves each client from a process
+		// of its own, which would otherwise finish the build it runs.
+		workers := childrenOf(d.cmd.Process.Pid)
+		stop(d.cmd)
+		for _, pid := range workers {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	os.Remove(d.NixSocket)
+	cmd, err := start(d.NixLog+".restarted", d.env, d.args...)
+	if err != nil {
+		return err
+	}
+	d.cmd = cmd
+	return waitSocket(d.NixSocket, 20*time.Second)
 }
 
 // isolate makes the daemon's network namespace hearth-d<X>: 10.251.X.2, NAT through the host's
@@ -239,4 +267,29 @@ func (d *Daemon) Nix(args ...string) (string, error) {
 		return "", fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// childrenOf lists the processes whose parent is pid.
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		child, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
 }
