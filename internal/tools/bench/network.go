@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hearth-ci/hearth/internal/testenv"
@@ -106,6 +107,9 @@ func benchTiers(parts *testenv.Parts, pairs int) error {
 			b, err := buildTime(log)
 			if err != nil {
 				return fmt.Errorf("%v\n%s", err, log)
+			}
+			if !step.protected && !strings.Contains(log, "copying path") {
+				return fmt.Errorf("the unprotected job did not substitute what the protected one pushed:\n%s", log)
 			}
 			*step.into = append(*step.into, b)
 		}
