@@ -1,9 +1,9 @@
 // Command demo runs hearth's main job end to end through `hearth exec` on a private containerd and
-// nix-daemon (scripts/demo.sh starts it). A job builds a derivation through the daemon; a second
-// run of the same job finds the result in the shared store. Then a job on a protected ref builds a
-// (stand-in) NixOS system, and hearth pushes it to the binary cache and deploys it to a server — a
-// Debian host with systemd and Nix of its own, booted under systemd-nspawn — which pulls it from
-// the cache.
+// nix-daemons (scripts/demo.sh starts it), with two trust tiers. A job on an unprotected ref builds
+// a derivation through its tier's daemon; a second run of the same job finds the result in the
+// tier's store. Then a job on a protected ref builds a (stand-in) NixOS system in the protected
+// tier, and hearth pushes it to the binary cache and deploys it to a server — a Debian host with
+// systemd and Nix of its own, booted under systemd-nspawn — which pulls it from the cache.
 package main
 
 import (
@@ -88,11 +88,19 @@ func run() error {
 	// collects garbage meanwhile), rather than in the host's /nix/var/nix/gcroots.
 	tables := fmt.Sprintf("\n[deploy]\ngc_roots_dir = %q\n", filepath.Join(parts.Dir, "gcroots")) +
 		strings.Replace(cache.Tables(fleet, `["1"]`, nil), "[deploy.targets.t1]", "[deploy.targets.vps]", 1)
-	cfg, err := parts.WriteConfig("", "", tables)
+	// Two trust tiers, as a runner shared by branches should have: jobs on protected refs build
+	// with the system's daemon and store, every other job with a daemon and store of its own,
+	// which substitutes from the team cache.
+	unprotected, err := parts.NewTierDaemon(true)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, parts.Config("", "", tables))
+	defer unprotected.Stop()
+	cfg, err := parts.WriteTieredConfig(unprotected, "", "", tables)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("==> hearth config (%s):\n%s\n", cfg, parts.TieredConfig(unprotected, "", "", tables))
 	system := parts.SystemExpr(fmt.Sprint("demo-", time.Now().Unix()), "ok")
 	yml := fmt.Sprintf(pipeline, parts.Tools, time.Now().Unix(), "      "+strings.ReplaceAll(strings.TrimRight(system, "\n"), "\n", "\n      "))
 	if err := os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte(yml), 0o644); err != nil {
