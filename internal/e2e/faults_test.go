@@ -155,3 +155,29 @@ func TestHostFaultsAreSaid(t *testing.T) {
 		mustContain(t, log, "the file system of the job's builds dir (", "/builds in the job) is full")
 	})
 }
+
+// containerd restarted while a stage runs: the container lives on in its shim and the stage ends
+// with its output; cleanup and gc then work on the new containerd, and so does the next job.
+func TestContainerdRestartedMidStage(t *testing.T) {
+	cfg := writeConfig(t, "", "")
+	var log syncBuffer
+	done := make(chan runner.Result, 1)
+	go func() {
+		done <- runner.New(jobOptions(t, cfg, "slow:\n  script:\n    - echo before; sleep 3; echo after-the-restart\n", "slow", &log)).Run(context.Background())
+	}()
+	waitFor(t, "the stage to start", 30*time.Second, func() bool { return strings.Contains(log.String(), "\nbefore") })
+	if err := parts.RestartContainerd(); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.State != "success" || !strings.Contains(log.String(), "\nafter-the-restart") {
+		t.Fatalf("the job across the restart: %s\n%s", res, log.String())
+	}
+	if out, err := runHearth(cfg, "gc", "--older-than", "1ns"); err != nil {
+		t.Fatalf("gc after the restart: %v\n%s", err, out)
+	}
+	res2, log2 := runJob(t, cfg, "next:\n  script:\n    - echo next-job\n", "next")
+	if res2.State != "success" || !strings.Contains(log2, "\nnext-job") {
+		t.Fatalf("the next job after the restart: %s\n%s", res2, log2)
+	}
+}

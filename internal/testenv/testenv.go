@@ -51,6 +51,10 @@ type Parts struct {
 	// Config root what they need ([nix] gc_roots_dir); Stop removes it.
 	GCRoots string
 
+	containerd     *exec.Cmd
+	containerdArgs []string
+	containerdEnv  []string
+
 	teamPublic string
 	nixConf    string
 	procs      []*exec.Cmd
@@ -175,9 +179,29 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		bin = filepath.Join(alt, "containerd")
 		environ = append(environ, "PATH="+alt+":"+os.Getenv("PATH"))
 	}
-	if err := e.spawn(filepath.Join(d, "containerd.log"), environ, bin, "--config", filepath.Join(d, "config.toml")); err != nil {
+	cmd, err := start(filepath.Join(d, "containerd.log"), environ, bin, "--config", filepath.Join(d, "config.toml"))
+	if err != nil {
 		return err
 	}
+	e.containerd = cmd
+	e.containerdArgs = append([]string{}, cmd.Args...)
+	e.containerdEnv = environ
+	return waitSocket(e.ContainerdSocket, 20*time.Second)
+}
+
+// RestartContainerd stops the private containerd and starts it again, as a host's containerd
+// restarts: the shims, and with them the job containers, live on.
+func (e *Parts) RestartContainerd() error {
+	if e.containerd == nil {
+		return errors.New("this environment has no containerd")
+	}
+	stop(e.containerd)
+	os.Remove(e.ContainerdSocket)
+	cmd, err := start(filepath.Join(e.Dir, "containerd", "containerd.log.restarted"), e.containerdEnv, e.containerdArgs...)
+	if err != nil {
+		return err
+	}
+	e.containerd = cmd
 	return waitSocket(e.ContainerdSocket, 20*time.Second)
 }
 
@@ -258,6 +282,9 @@ func (e *Parts) Stop() {
 	}
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		stop(e.procs[i])
+	}
+	if e.containerd != nil {
+		stop(e.containerd)
 	}
 	if e.ContainerdSocket != "" {
 		for _, pid := range ProcessesMatching(e.ContainerdSocket) {
