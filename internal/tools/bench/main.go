@@ -7,7 +7,8 @@
 //   - the whole job on the bridge network against the host network (network.go);
 //   - the first build in the unprotected tier of what the protected tier built and pushed,
 //     against a second build in the protected tier (network.go);
-//   - the cache's pushes, against nix copy (cache.go);
+//   - the cache's pushes, against nix copy (cache.go), and a push to S3 throttled by 503 SlowDown
+//     against the same push unthrottled (throttle.go);
 //   - deploys to four SSH targets against one, a no-op deploy, and moving a closure over 200 MiB
 //     to a target by pulling and by hearth's push, against nix copy --to ssh:// (deploy.go).
 package main
@@ -35,7 +36,7 @@ func main() {
 	cacheRuns := flag.Int("cache-runs", 3, "runs of each cache measurement")
 	deployRuns := flag.Int("deploy-runs", 5, "runs of each deploy measurement")
 	bigRuns := flag.Int("big-runs", 3, "runs of the 200 MiB transfer measurement")
-	only := flag.String("only", "", `"job", "network", "tiers", "cache" or "deploy": run only those benchmarks`)
+	only := flag.String("only", "", `"job", "network", "tiers", "throttle", "cache" or "deploy": run only those benchmarks`)
 	flag.Parse()
 	if err := run(*runs, *builds, *cacheRuns, *deployRuns, *bigRuns, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -69,6 +70,11 @@ func run(runs, builds, cacheRuns, deployRuns, bigRuns int, only string) error {
 	}
 	if only == "" || only == "tiers" {
 		if err := benchTiers(parts, builds); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "throttle" {
+		if err := benchThrottle(parts, cacheRuns); err != nil {
 			return err
 		}
 	}
