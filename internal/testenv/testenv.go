@@ -295,6 +295,7 @@ func (e *Parts) Stop() {
 	_ = os.RemoveAll(e.GCRoots)
 	if e.Bridge != "" {
 		_ = exec.Command("ip", "link", "del", e.Bridge).Run()
+		removeBridgeRules(e.Bridge)
 		releaseBridge(e.Bridge)
 	}
 }
@@ -322,6 +323,19 @@ func claimBridge() int {
 }
 
 var bridgeLocks = map[string]*os.File{}
+
+// removeBridgeRules removes the iptables chains hearth made for a bridge, and the jumps to them.
+func removeBridgeRules(bridge string) {
+	in, fwd := "HEARTH-IN-"+bridge, "HEARTH-FWD-"+bridge
+	for _, args := range [][]string{
+		{"-D", "INPUT", "-i", bridge, "-j", in},
+		{"-D", "FORWARD", "-i", bridge, "-j", fwd},
+		{"-D", "CNI-ADMIN", "-i", bridge, "-j", fwd},
+		{"-F", in}, {"-X", in}, {"-F", fwd}, {"-X", fwd},
+	} {
+		_ = exec.Command("iptables", args...).Run()
+	}
+}
 
 func releaseBridge(name string) {
 	if f := bridgeLocks[name]; f != nil {
