@@ -405,3 +405,49 @@ func privateEnvironment(t *testing.T) string {
 	}
 	return env
 }
+
+// The unprotected tier's store fills up: its daemon (min-free, max-free) collects what jobs built
+// while they build, never the environment hearth rooted, and the next job starts.
+func TestFullTierStoreIsCollectedAroundTheRoots(t *testing.T) {
+	d := daemonOf(t)
+	u, err := parts.NewSmallTierDaemon("320m", "min-free = 120000000\nmax-free = 200000000\nmin-free-check-interval = 1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.Stop)
+	env := privateEnvironment(t)
+	cfg, err := d.WriteTieredConfig(u, `default_environment = "private"`, "", fmt.Sprintf("\n[environments.private]\nstore_path = %q\n", env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	fill := "fill:\n  script:\n"
+	for i := 0; i < 4; i++ {
+		fill += fmt.Sprintf("    - |\n      cat > f%[1]d.nix <<'EOF'\n      let tools = builtins.storePath %[2]q; in derivation { name = \"fill-%[3]s-%[1]d\"; system = \"x86_64-linux\"; builder = \"${tools}/bin/bash\"; PATH = \"${tools}/bin\"; args = [ \"-c\" \"head -c 60000000 /dev/urandom > $out\" ]; }\n      EOF\n    - nix-build --no-out-link f%[1]d.nix\n", i, parts.Tools, nonce)
+	}
+	res, log := runJobAs(t, cfg, fill, "fill", false)
+	if res.State != "success" {
+		t.Fatalf("the filling job: %s\n%s", res, log)
+	}
+	outs := regexp.MustCompile(`(?m)^/nix/store/\S+-fill-`+nonce+`-\d$`).FindAllString(log, -1)
+	if len(outs) != 4 {
+		t.Fatalf("built %v, want 4 paths:\n%s", outs, log)
+	}
+	collected := 0
+	for _, p := range outs {
+		if _, err := os.Stat(u.StoreRoot + p); err != nil {
+			collected++
+		}
+	}
+	if collected == 0 {
+		t.Fatalf("the daemon collected none of the 240 MB the job built on a 320 MB store: the test proves nothing\n%s", log)
+	}
+	if _, err := os.Stat(u.StoreRoot + env); err != nil {
+		t.Fatalf("the collection took the rooted environment: %v", err)
+	}
+	res, log = runJobAs(t, cfg, "next:\n  script:\n    - echo next-job-starts\n", "next", false)
+	if res.State != "success" || !strings.Contains(log, "\nnext-job-starts") || strings.Contains(log, "Copying environment") {
+		t.Fatalf("the next job: %s\n%s", res, log)
+	}
+	t.Logf("the daemon collected %d of the 4 paths the job built", collected)
+}

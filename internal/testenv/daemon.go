@@ -29,15 +29,16 @@ type Daemon struct {
 	// own, which its builds must not reach.
 	HostAddr string
 
-	dir   string
-	parts *Parts
-	netns string
-	veth  string
-	rules [][]string
-	env   []string
-	args  []string
-	mu    sync.Mutex
-	cmd   *exec.Cmd
+	dir     string
+	parts   *Parts
+	netns   string
+	veth    string
+	rules   [][]string
+	env     []string
+	args    []string
+	mounted bool
+	mu      sync.Mutex
+	cmd     *exec.Cmd
 }
 
 // NewDaemon starts another daemon on the same store, configured as the first one. Stop it when
@@ -51,9 +52,37 @@ func (e *Parts) NewDaemon() (*Daemon, error) {
 // post-build-hook (nothing it builds is queued for the cache), and the team cache among its
 // substituters when substitute is set, as a tier substituting from the team cache read-only.
 func (e *Parts) NewTierDaemon(substitute bool) (*Daemon, error) {
+	return e.newTier(substitute, "", "")
+}
+
+// NewSmallTierDaemon is NewTierDaemon (without substituters) on a store of size bytes (a tmpfs,
+// "256m" say; "" for no bound of its own), with conf added to its nix.conf: a tier whose disk
+// fills up.
+func (e *Parts) NewSmallTierDaemon(size, conf string) (*Daemon, error) {
+	return e.newTier(false, size, conf)
+}
+
+func (e *Parts) newTier(substitute bool, size, conf string) (*Daemon, error) {
 	e.daemons++
 	name := fmt.Sprintf("tier-%d", e.daemons)
-	return e.startDaemon(name, filepath.Join(e.Dir, name, "root"), substitute, false)
+	root := filepath.Join(e.Dir, name, "root")
+	if size != "" {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, err
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", root).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("mount a %s store for the tier: %v: %s", size, err, out)
+		}
+	}
+	d, err := e.startDaemon(name, root, substitute, false, conf)
+	if err != nil {
+		if size != "" {
+			exec.Command("umount", "-l", root).Run()
+		}
+		return nil, err
+	}
+	d.mounted = size != ""
+	return d, nil
 }
 
 // NewIsolatedDaemon starts another daemon like NewDaemon, in a network namespace of its own with
@@ -61,14 +90,14 @@ func (e *Parts) NewTierDaemon(substitute bool) (*Daemon, error) {
 // not the host's own addresses, its loopback services included. HostAddr is the host's end.
 func (e *Parts) NewIsolatedDaemon() (*Daemon, error) {
 	e.daemons++
-	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, true)
+	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, true, "")
 }
 
 func (e *Parts) newDaemon(name string) (*Daemon, error) {
-	return e.startDaemon(name, "/", false, false)
+	return e.startDaemon(name, "/", false, false, "")
 }
 
-func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool) (d *Daemon, err error) {
+func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool, extraConf string) (d *Daemon, err error) {
 	d = &Daemon{dir: filepath.Join(e.Dir, name), parts: e, StoreRoot: storeRoot}
 	d.NixConfDir = filepath.Join(d.dir, "conf")
 	if err := os.MkdirAll(d.NixConfDir, 0o755); err != nil {
@@ -102,6 +131,7 @@ func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool) (
 	} else if err := os.MkdirAll(storeRoot, 0o755); err != nil {
 		return nil, err
 	}
+	conf += extraConf
 	if err := os.WriteFile(filepath.Join(d.NixConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
@@ -165,6 +195,10 @@ func (d *Daemon) Stop() {
 		d.cmd = nil
 	}
 	d.unisolate()
+	if d.mounted {
+		exec.Command("umount", "-l", d.StoreRoot).Run()
+		d.mounted = false
+	}
 }
 
 // Restart stops the daemon and starts it again on the same socket, as a host's daemon restarts:
