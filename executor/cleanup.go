@@ -27,6 +27,7 @@ func (e *Executor) Cleanup(ctx context.Context, id string) error {
 	if err := removeContainer(ctx, client, id); err != nil {
 		return err
 	}
+	e.killShim(id)
 	if err := e.detachBridge(ctx, id); err != nil {
 		return err
 	}

@@ -147,6 +147,7 @@ func (e *Executor) gcStateDirs(live map[string]bool, now time.Time, olderThan ti
 		if err := e.removeJobState(id); err != nil {
 			return err
 		}
+		e.killShim(id)
 		fmt.Fprintf(log, "removed state of job %s: it has no container\n", id)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -109,7 +110,13 @@ func TestSoakCancelledJobsLeaveNothing(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if pids := processesMatching(id); len(pids) != 0 {
-			t.Errorf("processes of %s left after gc: %v", id, pids)
+			var what []string
+			for _, pid := range pids {
+				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				what = append(what, fmt.Sprintf("%d %q (stat %s)", pid, strings.ReplaceAll(string(cmd), "\x00", " "), strings.TrimSpace(string(stat))))
+			}
+			t.Errorf("processes of %s left after gc: %s", id, strings.Join(what, "; "))
 		}
 	}
 }
