@@ -167,8 +167,10 @@ func (e *Executor) BuildsDir(id string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read job state: %w", err)
 	}
-	if st.Claim == "" {
-		return "", nil
-	}
-	return strings.TrimSuffix(st.Claim, ".claim"), nil
+	return st.buildsDir(), nil
+}
+
+// buildsDir is the builds dir the job's claim names, or "" when it holds none.
+func (st state) buildsDir() string {
+	return strings.TrimSuffix(st.Claim, ".claim")
 }

@@ -184,7 +184,7 @@ func (e *Executor) Run(ctx context.Context, id, stage, script string, out io.Wri
 			// The kernel killed part of the stage, or the agent itself: that is why it failed.
 			return 0, memoryLimitError(stage, st.Memory)
 		}
-		if ferr := e.hostFault(id, stage, daemon, hadDaemon); ferr != nil {
+		if ferr := e.hostFault(st, stage, daemon, hadDaemon); ferr != nil {
 			return 0, ferr
 		}
 	}

@@ -32,18 +32,15 @@ func markOf(socket string) (daemonMark, bool) {
 	return daemonMark{int64(st.Ino), fi.ModTime().UnixNano()}, true
 }
 
-// hostFault says why a failed stage of job id failed when the host is the cause, or nil.
-func (e *Executor) hostFault(id, stage string, before daemonMark, hadDaemon bool) error {
-	st, err := e.readState(id)
-	if err != nil {
-		return nil
-	}
+// hostFault says why a failed stage of the job with state st failed when the host is the cause,
+// or nil.
+func (e *Executor) hostFault(st state, stage string, before daemonMark, hadDaemon bool) error {
 	if st.DaemonSocket != "" && hadDaemon {
 		if now, ok := markOf(st.DaemonSocket); !ok || now != before {
 			return fmt.Errorf("the nix-daemon at %s (the job's Nix) stopped or restarted during stage %s, so the builds the stage waited on were lost: check that daemon; the job may be retried", st.DaemonSocket, stage)
 		}
 	}
-	if dir, err := e.BuildsDir(id); err == nil && dir != "" {
+	if dir := st.buildsDir(); dir != "" {
 		var fs syscall.Statfs_t
 		if err := syscall.Statfs(dir, &fs); err == nil {
 			if free := int64(fs.Bavail) * fs.Bsize; free < minFree {

@@ -106,11 +106,7 @@ func (e *Executor) oomKills(id string) int {
 	return -1
 }
 
-// LimitError says a stage ended because the job reached one of its limits.
-type LimitError struct{ msg string }
-
-func (e *LimitError) Error() string { return e.msg }
-
+// memoryLimitError is the job's fault: it used more memory than its limit.
 func memoryLimitError(stage string, memory int64) error {
-	return &JobError{Err: &LimitError{msg: fmt.Sprintf("stage %s reached the job's memory limit of %s and the kernel killed a process of it (out of memory): use less, or ask for more with HEARTH_MEMORY up to [jobs] memory_max", stage, bytesize.Format(memory))}}
+	return &JobError{Err: fmt.Errorf("stage %s reached the job's memory limit of %s and the kernel killed a process of it (out of memory): use less, or ask for more with HEARTH_MEMORY up to [jobs] memory_max", stage, bytesize.Format(memory))}
 }

@@ -102,20 +102,12 @@ func (e *Executor) attachBridge(ctx context.Context, id string) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("make the network namespace of %s: %w", id, err)
 	}
-	unlock, err := e.lock(ctx, "bridge-firewall")
-	if err != nil {
-		return "", err
-	}
-	err = e.isolateBridge()
-	unlock()
-	if err != nil {
-		return "", err
-	}
 	res, err := cni.Setup(ctx, id, ns.GetPath())
 	if err != nil {
 		return "", fmt.Errorf("put %s on the bridge %s: %w", id, e.cfg.Jobs.Bridge.Name, err)
 	}
-	if err := e.overrideFirewallPlugin(ctx); err != nil {
+	// After the setup, which makes CNI-ADMIN, and before the job's first process starts.
+	if err := e.firewall(ctx); err != nil {
 		return "", err
 	}
 	// The rules above are IPv4's: with IPv6 the job could reach the host at the bridge's
@@ -177,11 +169,7 @@ func (e *Executor) detachBridge(ctx context.Context, id string) error {
 // bridge reaches the host itself (its loopback services, its other addresses) except the name
 // servers jobs are given; nothing goes from one job to another through the host; and nothing
 // reaches 169.254.0.0/16, where clouds serve instance credentials.
-func (e *Executor) isolateBridge() error {
-	ipt, err := iptables.New()
-	if err != nil {
-		return fmt.Errorf("the bridge network needs iptables (apt-get install iptables): %w", err)
-	}
+func (e *Executor) isolateBridge(ipt *iptables.IPTables) error {
 	br := e.cfg.Jobs.Bridge.Name
 	in, fwd := inputChain(br), forwardChain(br)
 	chains := map[string][][]string{
@@ -298,10 +286,11 @@ func rewriteChain(ipt *iptables.IPTables, chain string, rules [][]string) error 
 	return nil
 }
 
-// overrideFirewallPlugin makes the isolation hold whatever order the FORWARD chain's jumps are in:
-// CNI's firewall plugin puts its own jump, which admits the job's traffic, first in FORWARD, but
-// its chain consults CNI-ADMIN (for "admin overrides") before admitting anything.
-func (e *Executor) overrideFirewallPlugin(ctx context.Context) error {
+// firewall puts the bridge's isolation in place (isolateBridge) and makes it hold whatever order
+// the FORWARD chain's jumps are in: CNI's firewall plugin puts its own jump, which admits the
+// job's traffic, first in FORWARD, but its chain consults CNI-ADMIN (for "admin overrides")
+// before admitting anything. One prepare at a time changes the rules.
+func (e *Executor) firewall(ctx context.Context) error {
 	unlock, err := e.lock(ctx, "bridge-firewall")
 	if err != nil {
 		return err
@@ -309,7 +298,10 @@ func (e *Executor) overrideFirewallPlugin(ctx context.Context) error {
 	defer unlock()
 	ipt, err := iptables.New()
 	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
+		return fmt.Errorf("the bridge network needs iptables (apt-get install iptables): %w", err)
+	}
+	if err := e.isolateBridge(ipt); err != nil {
+		return err
 	}
 	exists, err := ipt.ChainExists("filter", "CNI-ADMIN")
 	if err != nil || !exists {

@@ -24,20 +24,20 @@ func environmentRoots(t config.Tier) string { return filepath.Join(t.GCRootsDir,
 // store gets a copy from the system store once, by the first of its jobs that needs it.
 func (e *Executor) environmentIn(ctx context.Context, tier config.Tier, env Environment, log io.Writer) error {
 	root := filepath.Join(environmentRoots(tier), filepath.Base(env.StorePath))
-	if rooted(root, env.StorePath) {
-		if _, err := os.Stat(tier.HostPath(env.StorePath)); err == nil {
-			return nil
-		}
+	ready := func() bool {
+		_, err := os.Stat(tier.HostPath(env.StorePath))
+		return err == nil && rooted(root, env.StorePath)
+	}
+	if ready() {
+		return nil
 	}
 	unlock, err := e.lock(ctx, "tier-"+tier.Name+"-"+env.StorePath)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if rooted(root, env.StorePath) {
-		if _, err := os.Stat(tier.HostPath(env.StorePath)); err == nil {
-			return nil
-		}
+	if ready() { // another prepare got there first
+		return nil
 	}
 	if tier.System() {
 		if _, err := os.Stat(env.StorePath); err != nil {

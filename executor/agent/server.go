@@ -296,7 +296,7 @@ func (s *Server) unwedge(st *stage, done <-chan struct{}, say func(string)) {
 			continue
 		}
 		forSession(st.pid, func(pid int) {
-			if parentOf(pid) != os.Getpid() || pid == st.pid || !holdsFile(pid, holds) {
+			if ps, err := statOf(pid); err != nil || ps.ppid != os.Getpid() || pid == st.pid || !holdsFile(pid, holds) {
 				return
 			}
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -310,27 +310,9 @@ func (s *Server) unwedge(st *stage, done <-chan struct{}, say func(string)) {
 
 // procState is a process's state letter and the kernel function it sleeps in.
 func procState(pid int) (state, wchan string) {
-	_, state, _ = sessionOf(pid)
+	st, _ := statOf(pid)
 	w, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
-	return state, string(w)
-}
-
-// parentOf is a process's parent's pid, or 0.
-func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	return st.state, string(w)
 }
 
 // holdsFile reports whether the process has a descriptor whose link reads target.
@@ -366,7 +348,7 @@ func forSession(sid int, fn func(pid int)) {
 		if err != nil || pid == 1 {
 			continue
 		}
-		if s, state, err := sessionOf(pid); err == nil && s == sid && state != "Z" {
+		if st, err := statOf(pid); err == nil && st.sid == sid && st.state != "Z" {
 			fn(pid)
 		}
 	}
@@ -379,21 +361,31 @@ func sessionAlive(sid int) bool {
 	return alive
 }
 
-// sessionOf reads a process's session id and state from /proc/PID/stat.
-func sessionOf(pid int) (int, string, error) {
+// procStat is what /proc/PID/stat says of a process that the agent uses.
+type procStat struct {
+	state     string
+	ppid, sid int
+}
+
+// statOf reads a process's state, parent and session from /proc/PID/stat.
+func statOf(pid int) (procStat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, "", err
+		return procStat{}, err
 	}
 	// The command name is in parentheses and may contain spaces; fields after it are fixed.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, "", errors.New("malformed stat")
+		return procStat{}, errors.New("malformed stat")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 4 {
-		return 0, "", errors.New("malformed stat")
+		return procStat{}, errors.New("malformed stat")
 	}
-	sid, err := strconv.Atoi(f[3])
-	return sid, f[0], err
+	ppid, err1 := strconv.Atoi(f[1])
+	sid, err2 := strconv.Atoi(f[3])
+	if err1 != nil || err2 != nil {
+		return procStat{}, errors.New("malformed stat")
+	}
+	return procStat{state: f[0], ppid: ppid, sid: sid}, nil
 }
