@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up this machine as needed, then runs every test: unit tests, and end-to-end tests of jobs on
-# a private containerd and nix-daemon — against Debian's containerd 1.6, then again against
-# containerd 2.4 built from the Go module proxy. Arguments go to go test; -short leaves out every
-# test of the real parts, and says so.
+# a private containerd and nix-daemon — against Debian's containerd 1.6 and Nix 2.8, again against
+# containerd 2.4 built from the Go module proxy, and again against Debian 13's Nix 2.26 as the
+# daemon. Arguments go to go test; -short leaves out every test of the real parts, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 short=
@@ -34,7 +34,7 @@ if [ -n "$short" ]; then
   * -short: only the unit tests ran. SKIPPED, and proven by nothing above:                   *
   *   internal/e2e          every end-to-end test of the driver on containerd and nix-daemon *
   *   cache/file, s3, attic the backends' conformance suite and their tests on a real daemon *
-  *   the second end-to-end run, against containerd 2.4                                      *
+  *   the second and third end-to-end runs, against containerd 2.4 and against Nix 2.26      *
   * Run ./scripts/test.sh without -short (as root) before calling anything done.             *
   ********************************************************************************************
 MSG
@@ -50,3 +50,15 @@ if [ ! -x "$containerd2/containerd" ]; then
 fi
 echo "end-to-end tests again, against containerd 2.4.2:"
 HEARTH_TEST_CONTAINERD="$containerd2" go test -count=1 -timeout 30m "$@" ./internal/e2e/
+
+# A current Nix: Debian 13's nix-bin 2.26 as every nix-daemon, in a root of its own (made once),
+# on a store of its own — a fresh one, mounted at /nix for this run only, in a mount namespace of
+# its own, so the host's store is neither read nor changed. Clients stay Debian 12's Nix 2.8.
+nixroot=/var/cache/hearth/trixie-nix
+scripts/nix-root.sh "$nixroot"
+store=$(mktemp -d /var/tmp/hearth-nix-2.26.XXXXXX)
+trap 'chmod -R u+w "$store" 2>/dev/null; rm -rf "$store"' EXIT
+echo "end-to-end tests again, against Nix 2.26 (Debian 13) as every nix-daemon:"
+HEARTH_TEST_NIX_ROOT="$nixroot" unshare --mount --propagation private -- \
+	sh -c 'mkdir -p /nix && mount --bind "$0" /nix && exec "$@"' "$store" \
+	go test -count=1 -timeout 30m "$@" ./internal/e2e/

@@ -139,7 +139,7 @@ func (e *Parts) startDaemon(name, storeRoot string, substitute, isolated bool, e
 	// or "auto" on a machine where /nix/var/nix does not exist yet) serves every connection by
 	// connecting to itself, without end.
 	daemonEnv := append(os.Environ(), "NIX_REMOTE=local", "NIX_DAEMON_SOCKET_PATH="+d.NixSocket, "NIX_CONF_DIR="+d.NixConfDir)
-	args := []string{"nix-daemon"}
+	args := append(append([]string(nil), e.nixRoot...), "nix-daemon")
 	if storeRoot != "/" {
 		args = append(args, "--store", storeRoot)
 	}

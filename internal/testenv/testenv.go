@@ -59,6 +59,8 @@ type Parts struct {
 	nixConf    string
 	procs      []*exec.Cmd
 	daemons    int
+	// nixRoot, when NixRootEnv is set, is the command line daemons start under.
+	nixRoot []string
 }
 
 // Options adjust Start.
@@ -101,6 +103,11 @@ func Start(opts Options) (parts *Parts, err error) {
 	}()
 	if parts.Hearth, err = BuildHearth(filepath.Join(dir, "bin", "hearth")); err != nil {
 		return parts, err
+	}
+	if root := os.Getenv(NixRootEnv); root != "" {
+		if err := parts.useNixRoot(root); err != nil {
+			return parts, err
+		}
 	}
 	if !opts.NoContainerd {
 		if err := parts.startContainerd(); err != nil {

@@ -4,8 +4,8 @@
 # Produces real `nix path-info --json` output from Nix 2.26 (Debian trixie's
 # nix-bin) for the nixstore test fixtures, from scratch:
 #
-#   1. debootstraps a minimal trixie root with nix-bin into $NIX226_ROOT
-#      (default /var/cache/hearth/trixie-nix), unless it is already there;
+#   1. makes a minimal trixie root with nix-bin at $NIX226_ROOT (default
+#      /var/cache/hearth/trixie-nix) with scripts/nix-root.sh, unless it is there;
 #   2. wipes the root's /nix and builds, in that private store:
 #        fixture-a   input-addressed derivation output (a small file)
 #        fixture-b   input-addressed derivation output referring to fixture-a,
@@ -30,7 +30,7 @@
 #                          reproducible. Unset: real registration times.
 #
 # Needs root (debootstrap, chroot, mount). Touches nothing outside NIX226_ROOT,
-# NIX226_ROOT.partial, NIX226_ROOT.lock and OUTDIR.
+# NIX226_ROOT.partial, NIX226_ROOT.lock, NIX226_ROOT.fixtures.lock and OUTDIR.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -46,8 +46,6 @@ ROOT=${NIX226_ROOT:-/var/cache/hearth/trixie-nix}
 case "$ROOT" in /*) ;; *) echo "$0: NIX226_ROOT must be absolute" >&2; exit 1;; esac
 ROOT=${ROOT%/}
 [ -n "$ROOT" ] && [ "$ROOT" != / ] || { echo "$0: refusing NIX226_ROOT=/" >&2; exit 1; }
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SUITE=trixie
 FRESH_KEY=${FRESH_KEY:-0}
 PIN_REGISTRATION_TIME=${PIN_REGISTRATION_TIME:-}
 
@@ -67,47 +65,17 @@ INVALID=/nix/store/00000000000000000000000000000000-gone
 
 log() { printf '[regenerate] %s\n' "$*" >&2; }
 
-# One run at a time per root.
-mkdir -p "$(dirname "$ROOT")"
-exec 9>"$ROOT.lock"
+# ---------------------------------------------------------------- 1. the root
+"$(dirname "$0")/../../../scripts/nix-root.sh" "$ROOT"
+
+# One run at a time per root (nix-root.sh takes the lock of its own: $ROOT.lock).
+exec 9>"$ROOT.fixtures.lock"
 flock 9
 
 # Mount points below a directory, deepest first.
 mounts_under() {
 	awk -v d="$1" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r
 }
-umount_under() {
-	local m
-	for m in $(mounts_under "$1"); do umount "$m" || umount -l "$m"; done
-	if [ -n "$(mounts_under "$1")" ]; then
-		echo "$0: could not unmount everything under $1" >&2
-		exit 1
-	fi
-}
-
-# ---------------------------------------------------------------- 1. the root
-if [ ! -x "$ROOT/usr/bin/nix" ]; then
-	if ! command -v debootstrap >/dev/null; then
-		log "installing debootstrap"
-		apt-get install -y debootstrap >&2 || { apt-get update >&2 && apt-get install -y debootstrap >&2; }
-	fi
-	[ ! -e "$ROOT" ] || { echo "$0: $ROOT exists but has no usr/bin/nix; remove it" >&2; exit 1; }
-	log "debootstrapping $SUITE into $ROOT from $MIRROR"
-	t0=$(date +%s)
-	umount_under "$ROOT.partial"
-	rm -rf "$ROOT.partial"
-	# libdbi-perl: debootstrap does not resolve virtual packages; nix-bin
-	# depends on libdbd-sqlite3-perl, which depends on the virtual
-	# perl-dbdabi-94, which libdbi-perl provides.
-	debootstrap --variant=minbase --include=nix-bin,libdbi-perl \
-		"$SUITE" "$ROOT.partial" "$MIRROR" >&2
-	umount_under "$ROOT.partial"
-	mv "$ROOT.partial" "$ROOT"
-	log "debootstrap took $(( $(date +%s) - t0 ))s"
-else
-	log "using existing root $ROOT"
-fi
-
 # ---------------------------------------------------------------- mounts
 # nix needs /proc (it reads /proc/self/exe) and a working /dev/pts (each build
 # gets a pseudoterminal for its log). Mount only what is missing; undo it on exit.
