@@ -158,7 +158,7 @@ func Default() Config {
 				Subnet:     "10.217.0.0/16",
 				PluginDirs: []string{"/usr/lib/cni", "/opt/cni/bin"},
 			},
-			UIDMapStart: 100000,
+			UIDMapStart: 1 << 30,
 			UIDMapSize:  65536,
 			StopTimeout: Duration(5 * time.Second),
 			Memory:      4 << 30,

@@ -47,7 +47,7 @@ func (c *Config) validate(src []byte, md toml.MetaData) error {
 		return fmt.Errorf("%s = %q: must be \"bridge\", \"host\" or \"none\"", at("jobs", "network"), c.Jobs.Network)
 	}
 	if c.Jobs.UIDMapStart == 0 {
-		return fmt.Errorf("%s = 0: jobs must not run as host root; pick an unused host uid range, e.g. 100000", at("jobs", "uid_map_start"))
+		return fmt.Errorf("%s = 0: jobs must not run as host root; pick an unused host uid range, e.g. 1073741824", at("jobs", "uid_map_start"))
 	}
 	if c.Jobs.UIDMapSize == 0 {
 		return fmt.Errorf("%s = 0: the container needs at least uid 0 mapped; 65536 is usual", at("jobs", "uid_map_size"))

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/driver"
 )
 
@@ -217,7 +218,8 @@ func TestExecGitStrategies(t *testing.T) {
 		git(work, "commit", "-q", "-m", content)
 		git(work, "push", "-q", repo, "HEAD:refs/heads/main")
 		// and the job refuses to fetch from one: hand it to the job's root, uid_map_start here.
-		chown("100000:100000")
+		root := config.Default().Jobs.UIDMapStart
+		chown(fmt.Sprintf("%d:%d", root, root))
 		return git(work, "rev-parse", "HEAD")
 	}
 	if err := os.MkdirAll(work, 0o755); err != nil {

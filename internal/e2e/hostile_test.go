@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/executor/agent"
 	"github.com/hearth-ci/hearth/internal/testenv"
 	"github.com/hearth-ci/hearth/jobcontainer"
@@ -84,7 +85,7 @@ func hardening(t *testing.T, network string) {
 	// /sys shows the job its own cgroup (limited to its own memory), not the host's tree.
 	mustContain(t, log, "cgroup-dirs 0", "own-memory-limit 4294967296")
 	// Container root is an unprivileged host uid.
-	if !strings.Contains(log, "uid_map 0 100000 65536") {
+	if want := fmt.Sprintf("uid_map 0 %d 65536", config.Default().Jobs.UIDMapStart); !strings.Contains(log, want) {
 		t.Fatalf("uid map:\n%s", log)
 	}
 	var capEff uint64

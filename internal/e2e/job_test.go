@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/runner"
 )
 
@@ -151,8 +153,8 @@ func TestJobIsUntrustedAndStoreReadOnly(t *testing.T) {
 		if c[2] != "" || c[1] == "root" {
 			t.Fatalf("the daemon saw a job connection as %q:\n%s", c[0], window)
 		}
-		if c[1] != "100000" {
-			t.Fatalf("the daemon saw uid %s, want the mapped uid 100000", c[1])
+		if want := strconv.FormatUint(uint64(config.Default().Jobs.UIDMapStart), 10); c[1] != want {
+			t.Fatalf("the daemon saw uid %s, want the mapped uid %s", c[1], want)
 		}
 	}
 

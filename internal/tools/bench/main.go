@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/internal/testenv"
 	"github.com/hearth-ci/hearth/runner"
 )
@@ -110,7 +111,8 @@ func benchJob(parts *testenv.Parts, runs, builds int) error {
 	}
 	// The floor runs the same container hearth does: the skeleton root, the store and the daemon
 	// socket, the user namespace, the host network and the default seccomp profile.
-	floorArgs := []string{"--seccomp", "--net-host", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
+	idmap := fmt.Sprintf("0:%d:65536", config.Default().Jobs.UIDMapStart)
+	floorArgs := []string{"--seccomp", "--net-host", "--uidmap", idmap, "--gidmap", idmap,
 		"--mount", "type=bind,src=/nix/store,dst=/nix/store,options=rbind:ro",
 		"--mount", "type=bind,src=" + parts.NixSocket + ",dst=/nix/var/nix/daemon-socket/socket,options=bind"}
 	calls := map[string][]time.Duration{}
