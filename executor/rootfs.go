@@ -10,11 +10,12 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/jobcontainer"
 )
 
 // skeletonVersion changes whenever the skeleton's layout does, so old skeletons are not reused.
-const skeletonVersion = "2"
+const skeletonVersion = "3"
 
 // skeleton returns the read-only root directory for a store-path environment, making it the first
 // time. It holds nothing but mount points and a few files: everything a job runs comes from the
@@ -53,6 +54,11 @@ func (e *Executor) skeleton(env Environment) (string, error) {
 			files[target] = ""
 			mountKeys = append(mountKeys, "f:"+target)
 		}
+	}
+	// The environment's certificates at the path TLS clients look at (nixpkgs' cacert has
+	// etc/ssl/certs/ca-bundle.crt and ca-certificates.crt), unless a mount puts its own there.
+	if fi, err := os.Stat(filepath.Join(env.StorePath, "etc", "ssl")); err == nil && fi.IsDir() && !mountsUnder(env.Mounts, "/etc/ssl") {
+		links["etc/ssl"] = env.StorePath + "/etc/ssl"
 	}
 	sort.Strings(mountKeys)
 	h := sha256.Sum256([]byte(skeletonVersion + "\x00" + env.StorePath + "\x00" + strings.Join(mountKeys, "\x00")))
@@ -102,4 +108,14 @@ func (e *Executor) skeleton(env Environment) (string, error) {
 		return "", fmt.Errorf("make rootfs: %w", err)
 	}
 	return root, nil
+}
+
+// mountsUnder says whether one of mounts puts something at dir or below it in the container.
+func mountsUnder(mounts []config.Mount, dir string) bool {
+	for _, m := range mounts {
+		if c := path.Clean(m.Container); c == dir || strings.HasPrefix(c, dir+"/") {
+			return true
+		}
+	}
+	return false
 }

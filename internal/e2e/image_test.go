@@ -148,3 +148,28 @@ func TestNetworkModes(t *testing.T) {
 		})
 	}
 }
+
+// An existing pipeline's `image: nixos/nix:latest`, mapped to a store-path environment (as the
+// NixOS module maps the image names Nix pipelines use to its ci-env): the job runs at once on the
+// store, with nothing pulled, and finds the environment's certificates where TLS clients look.
+func TestNixImageNameRunsOnTheStore(t *testing.T) {
+	cfg := writeConfig(t, "", fmt.Sprintf("\n[environments.\"nixos/nix:latest\"]\nstore_path = %q\n", parts.Environment))
+	src := `j:
+  image: nixos/nix:latest
+  script:
+    - test -s /etc/ssl/certs/ca-bundle.crt && grep -q 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-bundle.crt && echo certs-here
+    - nix-store --version
+`
+	res, log := runJob(t, cfg, src, "j")
+	if res.State != "success" {
+		t.Fatalf("%s\n%s", res, log)
+	}
+	for _, want := range []string{"Using hearth environment nixos/nix:latest (" + parts.Environment + ")", "\ncerts-here\n", "nix-store (Nix) "} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the job log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "Pulling") || strings.Contains(log, "pull") {
+		t.Fatalf("the job pulled an image:\n%s", log)
+	}
+}

@@ -96,6 +96,13 @@ func (e *Parts) makeStorePaths() error {
 			return err
 		}
 	}
+	// Certificates where nixpkgs' cacert puts them, as the flake's ci-env has them.
+	if err := os.MkdirAll(filepath.Join(envDir, "etc", "ssl", "certs"), 0o755); err != nil {
+		return err
+	}
+	if err := copyFile("/etc/ssl/certs/ca-certificates.crt", filepath.Join(envDir, "etc", "ssl", "certs", "ca-bundle.crt")); err != nil {
+		return fmt.Errorf("the job environment's certificates: %w (apt-get install ca-certificates)", err)
+	}
 	git := fmt.Sprintf("#!%[1]s/bin/bash\nexport GIT_EXEC_PATH=%[1]s/libexec/git-core\nexec %[1]s/libexec/git-core/git \"$@\"\n", e.Tools)
 	if err := os.WriteFile(filepath.Join(envDir, "bin", "git"), []byte(git), 0o755); err != nil {
 		return err
