@@ -25,6 +25,9 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+if [ -z "${HEARTH_NIXPKGS_LIB:-}" ]; then
+	echo "SKIPPED: the NixOS modules are not evaluated (nixos/eval_test.go): set HEARTH_NIXPKGS_LIB to a copy of github.com/nix-community/nixpkgs.lib to run it"
+fi
 go test -count=1 -timeout 30m "$@" ./...
 
 if [ -n "$short" ]; then
