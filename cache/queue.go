@@ -305,3 +305,49 @@ func (b *Batch) Release() {
 	}
 	b.files = nil
 }
+
+// Pending lists the entries waiting in the queue, oldest first, with when each was queued; it
+// takes no locks (for reports: an entry may be pushed while it is read).
+func (q Queue) Pending() ([]Entry, []time.Time, error) {
+	names, err := os.ReadDir(q.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read queue %s: %w", q.Dir, err)
+	}
+	var entries []Entry
+	var times []time.Time
+	for _, n := range names {
+		if !strings.HasSuffix(n.Name(), entrySuffix) || strings.HasPrefix(n.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(q.Dir, n.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			continue // pushed meanwhile
+		}
+		fi, serr := f.Stat()
+		e, err := readEntry(f, p)
+		f.Close()
+		if err != nil || serr != nil {
+			continue
+		}
+		entries = append(entries, e)
+		times = append(times, fi.ModTime())
+	}
+	sort.Sort(byTime{entries, times})
+	return entries, times, nil
+}
+
+type byTime struct {
+	e []Entry
+	t []time.Time
+}
+
+func (b byTime) Len() int           { return len(b.e) }
+func (b byTime) Less(i, j int) bool { return b.t[i].Before(b.t[j]) }
+func (b byTime) Swap(i, j int) {
+	b.e[i], b.e[j] = b.e[j], b.e[i]
+	b.t[i], b.t[j] = b.t[j], b.t[i]
+}

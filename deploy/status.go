@@ -87,3 +87,27 @@ func Previous(gens []Generation) (Generation, error) {
 	}
 	return Generation{}, fmt.Errorf("the system profile has no current generation")
 }
+
+// Reach logs in to a target with its pinned host key and runs hearth-deploy-target's hello, as a
+// deploy's first step does, and says what the target runs.
+func (d *Deployer) Reach(ctx context.Context, target string) (string, error) {
+	t, ok := d.Config.Targets[target]
+	if !ok {
+		return "", fmt.Errorf("no target %q in [deploy.targets]; configured: %s", target, strings.Join(d.Config.TargetNames(), ", "))
+	}
+	w := newWrapper(t.User)
+	c, err := dial(ctx, endpointOf(target, t))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	f, err := w.hello(ctx, c)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", target, err)
+	}
+	current := f["current"]
+	if current == "" {
+		current = "no NixOS system yet"
+	}
+	return fmt.Sprintf("%s@%s:%d, running %s", t.User, t.Host, t.Port, current), nil
+}

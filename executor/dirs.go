@@ -125,9 +125,22 @@ func releaseClaim(claim, id string) error {
 	return nil
 }
 
+// makeStateDir makes the state dir, world-searchable, before anything is made inside it: runc,
+// as a job's root, must reach the skeleton roots under it, and a private subdirectory (the locks,
+// the network namespaces) made first with MkdirAll would otherwise make the state dir private too.
+func (e *Executor) makeStateDir() error {
+	if err := os.MkdirAll(e.cfg.Jobs.StateDir, 0o755); err != nil {
+		return fmt.Errorf("make the state dir: %w", err)
+	}
+	return nil
+}
+
 // lock takes an exclusive lock named name (any string) among hearth processes on this host,
 // waiting until ctx ends, and returns its release.
 func (e *Executor) lock(ctx context.Context, name string) (func(), error) {
+	if err := e.makeStateDir(); err != nil {
+		return nil, err
+	}
 	sum := sha256.Sum256([]byte(name))
 	release, err := filelock.Acquire(ctx, filepath.Join(e.cfg.Jobs.StateDir, "locks", hex.EncodeToString(sum[:8])+".lock"))
 	if err != nil {

@@ -94,6 +94,9 @@ func (e *Executor) attachBridge(ctx context.Context, id string) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	if err := e.makeStateDir(); err != nil {
+		return "", err
+	}
 	dir := e.netnsDir(id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("make the network namespace dir: %w", err)

@@ -606,7 +606,11 @@ in
         }) secretPaths;
 
       environment.etc."hearth/config.toml".source = settingsFile;
-      environment.systemPackages = [ cfg.package ];
+      # runc is containerd's; on PATH too, for `hearth doctor` to see it.
+      environment.systemPackages = [
+        cfg.package
+        pkgs.runc
+      ];
 
       services.hearth.settings = {
         nix =

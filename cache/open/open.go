@@ -102,3 +102,15 @@ func Watcher(cfg *config.Config, interval time.Duration, log *slog.Logger) *cach
 		Open:     func(ctx context.Context) (*cache.Pusher, error) { return openPusher(ctx, cfg) },
 	}
 }
+
+// SigningKey is the key hearth signs narinfos with for the configured backend: nil for an
+// unsigned file or S3 cache, and for Attic, whose server signs what it serves.
+func SigningKey(cfg *config.Config) (*signing.SecretKey, error) {
+	switch cfg.Cache.Backend {
+	case "file":
+		return signingKey(cfg.Cache.File.SigningKeyFile)
+	case "s3":
+		return signingKey(cfg.Cache.S3.SigningKeyFile)
+	}
+	return nil, nil
+}

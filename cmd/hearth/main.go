@@ -58,6 +58,7 @@ func main() {
 			configCommand(),
 			agentCommand(),
 			deployCommand(),
+			doctorCommand(),
 		},
 		// Errors are printed once, below, with the exit code the command chose.
 		ExitErrHandler: func(*cli.Context, error) {},

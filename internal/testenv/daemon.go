@@ -48,6 +48,13 @@ func (e *Parts) NewDaemon() (*Daemon, error) {
 	return e.newDaemon(fmt.Sprintf("nix-%d", e.daemons))
 }
 
+// NewDaemonWith is NewDaemon with conf added to its nix.conf, whose later lines win over earlier
+// ones: a host's daemon set up wrong ("sandbox = false", "post-build-hook =").
+func (e *Parts) NewDaemonWith(conf string) (*Daemon, error) {
+	e.daemons++
+	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, false, conf)
+}
+
 // NewTierDaemon starts a daemon on a store of its own, as the unprotected tier's: no
 // post-build-hook (nothing it builds is queued for the cache), and the team cache among its
 // substituters when substitute is set, as a tier substituting from the team cache read-only.

@@ -34,17 +34,11 @@ type Info struct {
 
 // Probe connects to the daemon at socket and reads its handshake.
 func Probe(ctx context.Context, socket string) (Info, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
+	conn, err := dial(ctx, socket)
 	if err != nil {
-		return Info{}, fmt.Errorf("connect to nix-daemon at %s: %w", socket, err)
+		return Info{}, err
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	conn.SetDeadline(deadline)
 	info, err := handshake(conn)
 	if err != nil {
 		return Info{}, fmt.Errorf("nix-daemon at %s: %w", socket, err)
@@ -52,67 +46,101 @@ func Probe(ctx context.Context, socket string) (Info, error) {
 	return info, nil
 }
 
+// dial connects to the daemon's socket, with a deadline for the whole exchange: a daemon that
+// accepts and never answers must not hang the caller.
+func dial(ctx context.Context, socket string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nix-daemon at %s: %w", socket, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	conn.SetDeadline(deadline)
+	return conn, nil
+}
+
 func handshake(rw io.ReadWriter) (Info, error) {
-	var info Info
+	info, _, err := exchange(rw)
+	return info, err
+}
+
+// handshakeTrust is the handshake for Trusted: the daemon's trust flag (0, unknown, before
+// protocol 1.35) and the protocol's minor version the connection speaks.
+func handshakeTrust(rw io.ReadWriter) (flag, minor uint64, err error) {
+	info, flag, err := exchange(rw)
+	if err != nil {
+		return 0, 0, err
+	}
+	var major uint64
+	fmt.Sscanf(info.Protocol, "%d.%d", &major, &minor)
+	return flag, min(minor, clientProtocol&0xff), nil
+}
+
+// exchange runs the handshake up to the daemon's STDERR_LAST.
+func exchange(rw io.ReadWriter) (info Info, trust uint64, err error) {
+	fail := func(err error) (Info, uint64, error) { return info, trust, err }
 	if err := writeU64(rw, workerMagic1); err != nil {
-		return info, err
+		return fail(err)
 	}
 	magic, err := readU64(rw)
 	if err != nil {
-		return info, fmt.Errorf("read the handshake: %w", err)
+		return fail(fmt.Errorf("read the handshake: %w", err))
 	}
 	if magic != workerMagic2 {
-		return info, fmt.Errorf("it does not speak the worker protocol (magic %#x)", magic)
+		return fail(fmt.Errorf("it does not speak the worker protocol (magic %#x)", magic))
 	}
 	server, err := readU64(rw)
 	if err != nil {
-		return info, fmt.Errorf("read the protocol version: %w", err)
+		return fail(fmt.Errorf("read the protocol version: %w", err))
 	}
 	if server>>8 != 1 {
-		return info, fmt.Errorf("unknown worker protocol major version %d", server>>8)
+		return fail(fmt.Errorf("unknown worker protocol major version %d", server>>8))
 	}
 	info.Protocol = fmt.Sprintf("%d.%d", server>>8, server&0xff)
 	minor := min(server&0xff, clientProtocol&0xff)
 	if err := writeU64(rw, clientProtocol); err != nil {
-		return info, err
+		return fail(err)
 	}
 	if minor >= 14 {
 		if err := writeU64(rw, 0); err != nil { // no CPU affinity
-			return info, err
+			return fail(err)
 		}
 	}
 	if minor >= 11 {
 		if err := writeU64(rw, 0); err != nil { // reserveSpace: no
-			return info, err
+			return fail(err)
 		}
 	}
 	if minor >= 33 {
 		if info.Version, err = readString(rw); err != nil {
-			return info, fmt.Errorf("read the daemon's version: %w", err)
+			return fail(fmt.Errorf("read the daemon's version: %w", err))
 		}
 	}
 	if minor >= 35 {
-		if _, err := readU64(rw); err != nil { // whether this client is trusted
-			return info, fmt.Errorf("read the trust flag: %w", err)
+		if trust, err = readU64(rw); err != nil { // whether this client is trusted
+			return fail(fmt.Errorf("read the trust flag: %w", err))
 		}
 	}
 	// The daemon then reports anything it wants to say, ending with STDERR_LAST.
 	for {
 		msg, err := readU64(rw)
 		if err != nil {
-			return info, fmt.Errorf("read the end of the handshake: %w", err)
+			return fail(fmt.Errorf("read the end of the handshake: %w", err))
 		}
 		switch msg {
 		case stderrLast:
-			return info, nil
+			return info, trust, nil
 		case stderrNext:
 			if _, err := readString(rw); err != nil {
-				return info, err
+				return fail(err)
 			}
 		case stderrError:
-			return info, errors.New("it refused the connection")
+			return fail(errors.New("it refused the connection"))
 		default:
-			return info, fmt.Errorf("unexpected message %#x in the handshake", msg)
+			return fail(fmt.Errorf("unexpected message %#x in the handshake", msg))
 		}
 	}
 }

@@ -15,6 +15,7 @@ in
 {
   coreutils = package "coreutils";
   iptables = package "iptables";
+  runc = package "runc";
   cni-plugins = package "cni-plugins";
   nix = package "nix";
   hearth = package "hearth";

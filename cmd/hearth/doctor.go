@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hearth-ci/hearth/doctor"
+	"github.com/hearth-ci/hearth/nix/daemon"
+)
+
+func doctorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check this runner host as hearth will use it, one line per check",
+		Description: "Probes rather than reads: connects to containerd and to each tier's nix-daemon, builds a tiny\n" +
+			"derivation in each tier (to see the sandbox and the post-build-hook at work) and pushes it to the\n" +
+			"cache, asks each daemon as a job's uid whether it trusts it, logs in to each deploy target, and\n" +
+			"puts a network namespace on the jobs' bridge to try the host's addresses from it. Each line is\n" +
+			"✓ or ✗ with what to do; the exit status is 1 when any line is ✗.",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.BoolFlag{Name: "json", Usage: "print the checks as JSON, for monitoring"},
+		},
+		Subcommands: []*cli.Command{{
+			// The builder of doctor's probe derivation: its pid is 1 only in the sandbox.
+			Name:   "sandbox-probe",
+			Hidden: true,
+			Action: func(c *cli.Context) error {
+				return os.WriteFile(os.Getenv("out"), []byte(fmt.Sprintln(os.Getpid())), 0o644)
+			},
+		}, {
+			// Run by doctor itself as a job's uid.
+			Name:      "trust-probe",
+			Hidden:    true,
+			ArgsUsage: "SOCKET",
+			Action: func(c *cli.Context) error {
+				trusted, err := daemon.Trusted(c.Context, c.Args().First())
+				if err != nil {
+					return err
+				}
+				if trusted {
+					fmt.Println("trusted")
+				} else {
+					fmt.Println("untrusted")
+				}
+				return nil
+			},
+		}},
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			d := &doctor.Doctor{Config: cfg, Exe: exe, Env: os.Environ()}
+			results := d.Run(c.Context)
+			failed := 0
+			for _, r := range results {
+				if !r.OK {
+					failed++
+				}
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(results); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range results {
+					if r.OK {
+						fmt.Printf("✓ %s: %s\n", r.Check, r.Detail)
+					} else {
+						fmt.Printf("✗ %s: %s\n    → %s\n", r.Check, r.Detail, r.Fix)
+					}
+				}
+			}
+			if failed > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("%d of %d checks failed", failed, len(results))}
+			}
+			return nil
+		},
+	}
+}

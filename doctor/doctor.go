@@ -1,0 +1,464 @@
+// Package doctor checks a runner host as hearth will use it, one line per thing that can be
+// wrong, probing where it can rather than reading files: it connects to containerd and to each
+// tier's nix-daemon, builds a tiny derivation in each tier to see the sandbox and the
+// post-build-hook at work, asks each daemon as a job's uid whether it trusts it, pushes the probe
+// to the cache, logs in to each deploy target, and puts a network namespace on the jobs' bridge to
+// try the host's addresses from it.
+package doctor
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hearth-ci/hearth/cache"
+	"github.com/hearth-ci/hearth/cache/open"
+	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/deploy"
+	"github.com/hearth-ci/hearth/executor"
+	"github.com/hearth-ci/hearth/jobcontainer"
+	"github.com/hearth-ci/hearth/nix/daemon"
+)
+
+// Result is one check: what was checked, whether it holds, what was found, and, when it does not
+// hold, what to do.
+type Result struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Doctor checks the host for one config.
+type Doctor struct {
+	Config *config.Config
+	// Exe is the hearth binary, run as a job's uid to ask the daemons whether they trust it, and
+	// in a user namespace to see that one can be made.
+	Exe string
+	// Env is the environment of the nix commands the probes run (NIX_CONF_DIR, PATH).
+	Env []string
+}
+
+func ok(check, detail string) Result { return Result{Check: check, OK: true, Detail: detail} }
+func bad(check, detail, fix string) Result {
+	return Result{Check: check, Detail: detail, Fix: fix}
+}
+
+// Run runs every check, in the order a host is set up.
+func (d *Doctor) Run(ctx context.Context) []Result {
+	cfg := d.Config
+	var rs []Result
+	rs = append(rs, d.containerd(ctx), runc(ctx), d.userNamespaces(ctx), d.subordinateIDs(), d.stateDir())
+	nonce := randomHex()
+	var probe string // what the protected tier built, for the cache checks
+	for _, t := range cfg.Nix.Tiers() {
+		name := "nix-daemon"
+		if len(cfg.Nix.Tiers()) > 1 {
+			name = fmt.Sprintf("nix-daemon (%s tier)", t.Name)
+		}
+		info, err := daemon.Probe(ctx, t.DaemonSocket)
+		if err != nil {
+			rs = append(rs, bad(name, err.Error(), "start the nix-daemon, or point the config's daemon_socket at its socket"))
+			continue
+		}
+		rs = append(rs, ok(name, fmt.Sprintf("Nix %s at %s (protocol %s)", orUnknown(info.Version), t.DaemonSocket, info.Protocol)))
+		rs = append(rs, advisories(name, info.Version))
+		rs = append(rs, d.trust(ctx, name, t))
+		out, r := d.sandbox(ctx, name, t, nonce)
+		rs = append(rs, r)
+		if out != "" {
+			rs = append(rs, d.hook(name, t, out))
+			if d.pushes(t) {
+				probe = out
+			}
+		}
+	}
+	rs = append(rs, d.queue()...)
+	rs = append(rs, d.cache(ctx, probe)...)
+	for _, name := range cfg.Deploy.TargetNames() {
+		rs = append(rs, d.target(ctx, name))
+	}
+	rs = append(rs, d.network(ctx, nonce))
+	return rs
+}
+
+func (d *Doctor) containerd(ctx context.Context) Result {
+	e := executor.New(d.Config)
+	defer e.Close()
+	v, err := e.ContainerdVersion(ctx)
+	if err != nil {
+		return bad("containerd", err.Error(), "start containerd (systemctl start containerd), or fix [containerd] address")
+	}
+	return ok("containerd", fmt.Sprintf("%s at %s", v, d.Config.Containerd.Address))
+}
+
+func runc(ctx context.Context) Result {
+	p, err := exec.LookPath("runc")
+	if err != nil {
+		return bad("runc", "runc is not on PATH", "install runc (Debian: apt-get install runc; hearth's NixOS module installs it)")
+	}
+	out, err := exec.CommandContext(ctx, p, "--version").Output()
+	if err != nil {
+		return bad("runc", fmt.Sprintf("%s --version: %v", p, err), "reinstall runc")
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	return ok("runc", fmt.Sprintf("%s (%s)", first, p))
+}
+
+// userNamespaces runs hearth in a user namespace mapped as a job's is.
+func (d *Doctor) userNamespaces(ctx context.Context) Result {
+	start := int(d.Config.Jobs.UIDMapStart)
+	cmd := exec.CommandContext(ctx, d.Exe, "--version")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: start, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: start, Size: 1}},
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		max, _ := os.ReadFile("/proc/sys/user/max_user_namespaces")
+		return bad("user namespaces", fmt.Sprintf("cannot make one: %v %s (user.max_user_namespaces = %s)", err, strings.TrimSpace(string(out)), strings.TrimSpace(string(max))),
+			"allow them: sysctl user.max_user_namespaces=15000")
+	}
+	return ok("user namespaces", fmt.Sprintf("usable, mapping uid 0 to %d", start))
+}
+
+// subordinateIDs looks for the job range among the ranges /etc/subuid and /etc/subgid hand out:
+// a user owning one could enter the jobs' uids.
+func (d *Doctor) subordinateIDs() Result {
+	start := uint64(d.Config.Jobs.UIDMapStart)
+	end := start + uint64(d.Config.Jobs.UIDMapSize)
+	var clashes []string
+	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			var user string
+			var s, n uint64
+			if _, err := fmt.Sscanf(strings.ReplaceAll(line, ":", " "), "%s %d %d", &user, &s, &n); err != nil {
+				continue
+			}
+			if s < end && start < s+n {
+				clashes = append(clashes, fmt.Sprintf("%s gives %s %d–%d", f, user, s, s+n-1))
+			}
+		}
+	}
+	check := "job uid range"
+	if len(clashes) > 0 {
+		return bad(check, fmt.Sprintf("%d–%d overlaps %s", start, end-1, strings.Join(clashes, "; ")),
+			"move [jobs] uid_map_start (default 1073741824) or that user's range")
+	}
+	return ok(check, fmt.Sprintf("%d–%d, in no one's /etc/subuid or /etc/subgid range", start, end-1))
+}
+
+// stateDir checks that an agent socket under state_dir fits a unix socket's 107 bytes, for the
+// longest job ids gitlab-runner's payloads make.
+func (d *Doctor) stateDir() Result {
+	sock := filepath.Join(d.Config.Jobs.StateDir, "jobs", strings.Repeat("x", 48), "agent", jobcontainer.AgentSocketName)
+	if len(sock) > 107 {
+		return bad("state dir", fmt.Sprintf("%s makes agent socket paths of %d bytes; a unix socket takes 107", d.Config.Jobs.StateDir, len(sock)), "choose a shorter [jobs] state_dir, such as /run/hearth")
+	}
+	return ok("state dir", fmt.Sprintf("%s (agent sockets up to %d bytes of 107)", d.Config.Jobs.StateDir, len(sock)))
+}
+
+func advisories(name, version string) Result {
+	check := name + " advisories"
+	if version == "" {
+		return bad(check, "the daemon does not say its version (a Nix before 2.15 or so)", "update Nix")
+	}
+	if found := daemon.Vulnerable(version); len(found) > 0 {
+		return bad(check, fmt.Sprintf("Nix %s predates the fix of %s", version, daemon.Describe(found)), "update Nix on this host")
+	}
+	return ok(check, fmt.Sprintf("Nix %s has the fixes of every store-integrity advisory hearth knows", version))
+}
+
+// trust asks the daemon, as the uid jobs' root is on the host, whether it trusts it.
+func (d *Doctor) trust(ctx context.Context, name string, t config.Tier) Result {
+	uid := d.Config.Jobs.UIDMapStart
+	check := name + " trust"
+	cmd := exec.CommandContext(ctx, d.Exe, "doctor", "trust-probe", t.DaemonSocket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, NoSetGroups: true}}
+	out, err := cmd.Output()
+	answer := strings.TrimSpace(string(out))
+	switch {
+	case err != nil:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			answer = strings.TrimSpace(string(ee.Stderr))
+		}
+		return bad(check, fmt.Sprintf("could not ask as uid %d: %v %s", uid, err, answer), "check that the daemon's socket is reachable by jobs (mode 0666)")
+	case answer == "trusted":
+		return bad(check, fmt.Sprintf("the daemon trusts uid %d, which is a job's root", uid),
+			"take that uid, its group or * out of the daemon's trusted-users (leave it at root)")
+	case answer == "untrusted":
+		return ok(check, fmt.Sprintf("a job's uid (%d) is not a trusted user", uid))
+	}
+	return bad(check, fmt.Sprintf("unexpected answer %q", answer), "run hearth doctor again")
+}
+
+// sandbox builds a derivation that records its own pid: in the sandbox's pid namespace it is 1.
+// Its builder is hearth itself (static, so it needs nothing else in the store), added to the tier's
+// store first. It returns the probe's output path.
+func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce string) (string, Result) {
+	check := name + " sandbox"
+	nixEnv := append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
+	run := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		cmd.Env = nixEnv
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%s: %s", args[0], lastLine(string(ee.Stderr)))
+		}
+		return lastLine(string(out)), err
+	}
+	builder, err := run("nix-store", "--add", d.Exe)
+	if err != nil {
+		return "", bad(check, "adding the probe's builder to the store: "+err.Error(), "check that the daemon answers and its store has room")
+	}
+	expr := fmt.Sprintf(`derivation { name = "hearth-doctor-%s-%s"; system = builtins.currentSystem; builder = builtins.storePath %q; args = [ "doctor" "sandbox-probe" ]; }`, t.Name, nonce, builder)
+	path, err := run("nix-build", "--no-out-link", "-E", expr)
+	if err != nil {
+		return "", bad(check, "a probe build failed: "+err.Error(), "see the daemon's log")
+	}
+	pid, err := os.ReadFile(t.HostPath(path))
+	if err != nil {
+		return "", bad(check, fmt.Sprintf("the probe %s is not in the tier's store: %v", path, err), "point the tier's store_root at the daemon's store")
+	}
+	if strings.TrimSpace(string(pid)) != "1" {
+		return path, bad(check, "builds run outside the sandbox (the probe build was not alone in its pid namespace)", "set sandbox = true in the daemon's nix.conf, and sandbox-fallback = false")
+	}
+	return path, ok(check, "builds run in the sandbox")
+}
+
+// hook looks in the queue for the probe: the protected tier's post-build-hook must have queued it,
+// the unprotected tier's daemon must have no hook that queues for the cache.
+func (d *Doctor) hook(name string, t config.Tier, probe string) Result {
+	check := name + " post-build-hook"
+	q := open.Queue(d.Config)
+	entries, _, err := q.Pending()
+	if err != nil {
+		return bad(check, err.Error(), "check [cache] queue_dir")
+	}
+	// Nix 2.8 gives the hook the derivation only; later ones its outputs.
+	drv := "-" + probeName(probe) + ".drv"
+	queued := false
+	for _, e := range entries {
+		queued = queued || contains(e.Outputs, probe) || strings.HasSuffix(e.Drv, drv)
+	}
+	trusted := d.pushes(t)
+	switch {
+	case trusted && queued:
+		return ok(check, "queues what the daemon builds into "+q.Dir)
+	case trusted:
+		return bad(check, fmt.Sprintf("the daemon built %s and nothing was queued in %s", probe, q.Dir),
+			"set the daemon's post-build-hook to a script running `hearth cache hook` with this config (see the README)")
+	case queued:
+		return bad(check, fmt.Sprintf("the unprotected tier's daemon queued %s for the cache", probe),
+			"remove post-build-hook from the unprotected tier's nix.conf: nothing it builds may reach the cache")
+	}
+	return ok(check, "none: nothing the tier builds is queued for the cache")
+}
+
+// pushes says whether t is the tier whose builds are queued for the cache: the protected one, or
+// the one shared tier.
+func (d *Doctor) pushes(t config.Tier) bool {
+	return t.DaemonSocket == d.Config.Nix.Trusted().DaemonSocket
+}
+
+// probeName is a store path's name without its hash: the derivation's name part.
+func probeName(p string) string {
+	base := filepath.Base(p)
+	if i := strings.IndexByte(base, '-'); i >= 0 {
+		return base[i+1:]
+	}
+	return base
+}
+
+func (d *Doctor) queue() []Result {
+	q := open.Queue(d.Config)
+	var rs []Result
+	f, err := os.CreateTemp(q.Dir, ".doctor-")
+	if err != nil {
+		rs = append(rs, bad("queue", err.Error(), "make [cache] queue_dir writable by root (the nix-daemon's hook writes there)"))
+	} else {
+		f.Close()
+		os.Remove(f.Name())
+		rs = append(rs, ok("queue", q.Dir+" is writable"))
+	}
+	entries, times, err := q.Pending()
+	switch {
+	case err != nil:
+		rs = append(rs, bad("cache watch", err.Error(), "check [cache] queue_dir"))
+	case len(entries) > 0 && time.Since(times[0]) > 10*time.Minute:
+		rs = append(rs, bad("cache watch", fmt.Sprintf("%s queued, the oldest for %s", entriesOf(len(entries)), time.Since(times[0]).Round(time.Second)),
+			"start `hearth cache watch` (hearth-cache-watch.service), and see its log for push errors"))
+	default:
+		rs = append(rs, ok("cache watch", fmt.Sprintf("%s queued, none for more than 10 minutes", entriesOf(len(entries)))))
+	}
+	rejected, err := q.Rejected()
+	switch {
+	case err != nil:
+		rs = append(rs, bad("rejected paths", err.Error(), "check [cache] queue_dir"))
+	case len(rejected) > 0:
+		rs = append(rs, bad("rejected paths", fmt.Sprintf("%s refused for the cache (a NAR differs from the store's record)", entriesOf(len(rejected))),
+			"see `hearth cache rejected`; repair each path (nix-store --repair-path) and release it with `hearth cache rejected --requeue PATH`"))
+	default:
+		rs = append(rs, ok("rejected paths", "none"))
+	}
+	return rs
+}
+
+// cache opens the cache, pushes the probe to it (which shows hearth may write there), and checks
+// that the key it signs with is one this host's Nix trusts.
+func (d *Doctor) cache(ctx context.Context, probe string) []Result {
+	b, err := open.Backend(ctx, d.Config)
+	if err != nil {
+		return []Result{bad("cache", err.Error(), "fix [cache]: the backend's settings and the files they name")}
+	}
+	var rs []Result
+	if probe == "" {
+		rs = append(rs, bad("cache", "not tried: the protected tier built no probe", "fix the nix-daemon first"))
+	} else if sum, err := open.Pusher(d.Config, b).Push(ctx, []string{probe}, cache.PathsOnly); err != nil {
+		rs = append(rs, bad("cache", fmt.Sprintf("pushing a probe to %s: %v", b, err), "check the cache's address, credentials and permissions"))
+	} else {
+		rs = append(rs, ok("cache", fmt.Sprintf("%s took a probe path (%d pushed)", b, sum.Pushed)))
+	}
+	key, err := open.SigningKey(d.Config)
+	switch {
+	case err != nil:
+		rs = append(rs, bad("cache key", err.Error(), "fix the signing_key_file of [cache]"))
+	case key == nil && d.Config.Cache.Backend == "attic":
+		rs = append(rs, ok("cache key", "the Attic server signs what it serves"))
+	case key == nil:
+		rs = append(rs, bad("cache key", "narinfos are pushed unsigned", "make a key with `hearth cache keygen NAME` and set signing_key_file"))
+	default:
+		pub := key.Public().String()
+		trustedKeys, err := d.trustedKeys(ctx)
+		if err != nil {
+			rs = append(rs, bad("cache key", err.Error(), "check this host's nix.conf"))
+		} else if !contains(trustedKeys, pub) {
+			rs = append(rs, bad("cache key", fmt.Sprintf("the cache is signed with %s, which this host's Nix does not trust", key.Public().Name),
+				fmt.Sprintf("add %s to trusted-public-keys (here and on every host that substitutes from the cache), or fix signing_key_file", pub)))
+		} else {
+			rs = append(rs, ok("cache key", fmt.Sprintf("signs with %s, which this host's Nix trusts", key.Public().Name)))
+		}
+	}
+	return rs
+}
+
+// trustedKeys are trusted-public-keys as Nix on this host reads its nix.conf.
+func (d *Doctor) trustedKeys(ctx context.Context) ([]string, error) {
+	show := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command", "show-config")
+	show.Env = d.Env
+	out, err := show.Output()
+	if err != nil {
+		return nil, fmt.Errorf("nix show-config: %v", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, found := strings.CutPrefix(line, "trusted-public-keys = "); found {
+			return strings.Fields(v), nil
+		}
+	}
+	return nil, nil
+}
+
+func (d *Doctor) target(ctx context.Context, name string) Result {
+	check := "deploy target " + name
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	what, err := deploy.New(d.Config).Reach(ctx, name)
+	if err != nil {
+		return bad(check, err.Error(), "check the target's host, port, user, known_hosts_file (its pinned host key) and identity_file")
+	}
+	return ok(check, what)
+}
+
+// network checks what a job's network lets it reach: on the bridge, a namespace made as a job's is
+// tries the host's own addresses, where a listener of the doctor's waits.
+func (d *Doctor) network(ctx context.Context, nonce string) Result {
+	const check = "job network"
+	switch d.Config.Jobs.Network {
+	case "none":
+		return ok(check, `"none": jobs have a loopback of their own and nothing else`)
+	case "host":
+		return bad(check, `"host": jobs share the host's network, and reach every service on its loopback and every other job's`, `set [jobs] network = "bridge"`)
+	}
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return bad(check, err.Error(), "run hearth doctor as root")
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	addrs := []string{net.JoinHostPort("127.0.0.1", fmt.Sprint(port))}
+	ifaces, _ := net.InterfaceAddrs()
+	for _, a := range ifaces {
+		if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil && !ip.IP.IsLoopback() {
+			addrs = append(addrs, net.JoinHostPort(ip.IP.String(), fmt.Sprint(port)))
+		}
+	}
+	e := executor.New(d.Config)
+	defer e.Close()
+	reached, err := e.ProbeBridge(ctx, "hearth-doctor-"+nonce, addrs)
+	if err != nil {
+		return bad(check, "putting a probe on the bridge: "+err.Error(), "see the README's Networks section: the CNI plugins and iptables are needed")
+	}
+	if len(reached) > 0 {
+		return bad(check, "a job on the bridge reached the host at "+strings.Join(reached, ", "), "check the host's firewall: hearth's HEARTH-IN-"+d.Config.Jobs.Bridge.Name+" chain must come first in INPUT")
+	}
+	return ok(check, fmt.Sprintf("a job on the bridge %s reaches none of the host's %d addresses", d.Config.Jobs.Bridge.Name, len(addrs)))
+}
+
+// entriesOf counts queue entries (each a build's outputs) for people.
+func entriesOf(n int) string {
+	if n == 1 {
+		return "1 build"
+	}
+	return fmt.Sprintf("%d builds", n)
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+func orUnknown(v string) string {
+	if v == "" {
+		return "(version not said)"
+	}
+	return v
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+func randomHex() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
