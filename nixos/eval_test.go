@@ -30,8 +30,8 @@ type evaluation struct {
 	} `json:"etc"`
 	Services map[string]unit `json:"services"`
 	Timers   map[string]struct {
-		WantedBy    []string          `json:"wantedBy"`
-		TimerConfig map[string]string `json:"timerConfig"`
+		WantedBy    []string       `json:"wantedBy"`
+		TimerConfig map[string]any `json:"timerConfig"`
 	} `json:"timers"`
 	Tmpfiles     []string                   `json:"tmpfiles"`
 	NixSettings  map[string]json.RawMessage `json:"nixSettings"`
@@ -68,6 +68,7 @@ type unit struct {
 	Path            []string          `json:"path"`
 	ServiceConfig   map[string]any    `json:"serviceConfig"`
 	RestartTriggers []string          `json:"restartTriggers"`
+	Script          string            `json:"script"`
 }
 
 type gitlabRunner struct {
@@ -105,7 +106,7 @@ func evaluate(t *testing.T, module, configuration string) evaluation {
 	}
 	var e evaluation
 	if err := json.Unmarshal(out, &e); err != nil {
-		t.Fatalf("evaluating %s: %v\n%s", module, err, out)
+		t.Fatalf("evaluating %s: the result does not read as JSON: %v", module, err)
 	}
 	return e
 }
@@ -231,6 +232,22 @@ func TestRunnerModule(t *testing.T) {
 	}
 	if tm := e.Timers["hearth-gc"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnUnitActiveSec"] != "10min" {
 		t.Errorf("hearth-gc.timer: %+v", tm)
+	}
+	// Each tier's store is collected when its disk runs low, through its own daemon.
+	sg := e.Services["hearth-store-gc"]
+	for _, want := range []string{
+		"df --output=avail -B1 /nix/store", "NIX_REMOTE=unix:///nix/var/nix/daemon-socket/socket nix-store --gc --max-freed",
+		"df --output=avail -B1 /var/lib/hearth/unprotected/nix/store", "NIX_REMOTE=unix:///run/hearth-unprotected/daemon-socket/socket nix-store --gc --max-freed",
+	} {
+		if !strings.Contains(sg.Script, want) {
+			t.Errorf("hearth-store-gc's script lacks %q:\n%s", want, sg.Script)
+		}
+	}
+	if out, err := exec.Command("bash", "-n", "-c", sg.Script).CombinedOutput(); err != nil {
+		t.Errorf("hearth-store-gc's script is not valid bash: %v\n%s", err, out)
+	}
+	if tm := e.Timers["hearth-store-gc"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "hourly" {
+		t.Errorf("hearth-store-gc.timer: %+v", tm)
 	}
 	un := e.Services["hearth-nix-unprotected"]
 	if un.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-nix/bin/nix-daemon --store /var/lib/hearth/unprotected" ||

@@ -146,6 +146,18 @@ let
     ) u.nixSettings
   ) + "\n");
 
+  # Each tier's daemon socket and store root, as hearth's config has them.
+  storeTiers =
+    if s.nix ? tiers then
+      lib.attrValues s.nix.tiers
+    else
+      [
+        {
+          daemon_socket = s.nix.daemon_socket;
+          store_root = "/";
+        }
+      ];
+
   sizeType = types.either types.ints.unsigned types.str;
   secretFile =
     description:
@@ -316,6 +328,16 @@ in
         default = 20 * 1024 * 1024 * 1024;
         description = "How many bytes such a collection frees at most (`max-free`, for both tiers).";
       };
+    };
+
+    store.collectInterval = mkOption {
+      type = types.str;
+      default = "hourly";
+      description = ''
+        How often each tier's store is looked at while no build runs (a systemd calendar event):
+        when its file system has less than `store.minFree` bytes free, garbage is collected until
+        `store.maxFree` are, through that tier's daemon. hearth's roots keep what it needs.
+      '';
     };
 
     gcInterval = mkOption {
@@ -736,6 +758,36 @@ in
           ExecStart = "${hearth} --config ${configFile} cache watch";
           Restart = "on-failure";
           RestartSec = "5s";
+        };
+      };
+
+      # Collects each tier's store when its disk runs low, also while nothing builds (min-free
+      # acts only during builds).
+      systemd.services.hearth-store-gc = {
+        description = "hearth: collect the tiers' Nix stores when their disks run low";
+        path = [
+          config.nix.package
+          pkgs.coreutils
+        ];
+        script = lib.concatMapStrings (
+          t:
+          let
+            root = if t.store_root == "/" then "" else t.store_root;
+          in
+          ''
+            avail=$(df --output=avail -B1 ${root}/nix/store | tail -n 1)
+            if [ "$avail" -lt ${toString cfg.store.minFree} ]; then
+              NIX_REMOTE=unix://${t.daemon_socket} nix-store --gc --max-freed $(( ${toString cfg.store.maxFree} - avail ))
+            fi
+          ''
+        ) storeTiers;
+        serviceConfig.Type = "oneshot";
+      };
+      systemd.timers.hearth-store-gc = {
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.store.collectInterval;
+          Persistent = true;
         };
       };
 

@@ -35,6 +35,7 @@ let
       path
       serviceConfig
       restartTriggers
+      script
       ;
   };
   etc = lib.mapAttrs (
