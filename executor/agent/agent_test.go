@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -231,5 +232,62 @@ func TestFrameHeaderDoesNotAllocateItsClaim(t *testing.T) {
 	typ, got, err := readFrame(&b)
 	if err != nil || typ != frameStdout || !bytes.Equal(got, payload) {
 		t.Fatalf("round trip: %q, %d bytes, %v", typ, len(got), err)
+	}
+}
+
+// Each side says its protocol, and the newer one refuses a peer older than it still speaks, before
+// a stage starts: the agent a request from a driver too old (here one from before versions, whose
+// request says none), the driver an agent too old. Both sides speak every protocol from 0 today;
+// minProtocol stands in for a later hearth that does not.
+func TestProtocolVersions(t *testing.T) {
+	sock := startServer(t)
+	st, err := Ping(context.Background(), sock)
+	if err != nil || st.Protocol != Protocol {
+		t.Fatalf("ping: %+v, %v; want protocol %d", st, err, Protocol)
+	}
+	marker := filepath.Join(t.TempDir(), "ran")
+	script := "touch " + marker
+
+	// A driver from before versions: its request has no protocol.
+	old := func() (Exit, error) {
+		conn, err := dial(context.Background(), sock)
+		if err != nil {
+			return Exit{}, err
+		}
+		defer conn.Close()
+		if err := writeFrame(conn, frameRun, []byte(`{"stage":"build_script","script":"`+script+`"}`)); err != nil {
+			return Exit{}, err
+		}
+		for {
+			typ, payload, err := readFrame(conn)
+			if err != nil {
+				return Exit{}, err
+			}
+			if typ == frameExit {
+				var e Exit
+				return e, json.Unmarshal(payload, &e)
+			}
+		}
+	}
+	if e, err := old(); err != nil || e.Code != 0 || e.Error != "" {
+		t.Fatalf("a driver from before versions: %+v, %v", e, err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the old driver's stage did not run: %v", err)
+	}
+	os.Remove(marker)
+
+	defer func(m int) { minProtocol = m }(minProtocol)
+	minProtocol = 1
+	if e, err := old(); err != nil || !strings.Contains(e.Error, "no longer 0, the driver's") {
+		t.Fatalf("an agent that no longer speaks the old driver's protocol: %+v, %v", e, err)
+	}
+	minProtocol = Protocol + 1
+	var out syncBuffer
+	if _, err := Run(context.Background(), sock, Request{Stage: "build_script", Script: script}, &out, time.Second); err == nil || !strings.Contains(err.Error(), "which this hearth (protocol 1) no longer speaks") {
+		t.Fatalf("a driver newer than the agent: %v", err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a refused stage ran")
 	}
 }

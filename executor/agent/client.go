@@ -75,12 +75,21 @@ func Run(ctx context.Context, socket string, req Request, out io.Writer, grace t
 	// Connecting to a local socket is immediate; 5 s covers a loaded host. It is not the stage's
 	// context: a stage cancelled before it started must still be told to stop.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	// The agent may be older than this driver (see Protocol): ask before anything starts.
+	st, err := Ping(dctx, socket)
+	if err != nil {
+		return 0, err
+	}
+	if st.Protocol < minProtocol {
+		return 0, fmt.Errorf("the job's agent speaks protocol %d, which this hearth (protocol %d) no longer speaks: the job was prepared before hearth was upgraded; run it again", st.Protocol, Protocol)
+	}
 	conn, err := dial(dctx, socket)
-	cancel()
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
+	req.Protocol = Protocol
 	if err := writeJSON(conn, frameRun, req); err != nil {
 		return 0, fmt.Errorf("send stage: %w", err)
 	}

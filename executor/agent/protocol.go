@@ -24,6 +24,18 @@ const (
 	frameExit      = 'X' // agent → client: an Exit (JSON); the last frame of a stage
 )
 
+// Protocol is the version of this wire format the agent and the driver speak; minProtocol the
+// oldest peer they still work with. An agent outlives the hearth that started it: a job prepared
+// before hearth was upgraded runs its later stages with the new driver and the old agent (whose
+// binary was bind-mounted into its container), and one prepared by a newer hearth may meet an
+// older driver after a rollback. The agent states its version in its ping answer, the driver in
+// each stage's request, and the newer side decides. Version 0 is hearth before versions were
+// stated, whose frames are the same.
+const Protocol = 1
+
+// minProtocol is a variable for the tests of a peer too old.
+var minProtocol = 0
+
 // maxFrame bounds a frame so that a confused peer cannot make the other side allocate without limit.
 // Scripts carry every job variable, so the bound is generous.
 const maxFrame = 64 << 20
@@ -32,6 +44,8 @@ const maxFrame = 64 << 20
 type Request struct {
 	Stage  string `json:"stage"`
 	Script string `json:"script"`
+	// Protocol is the driver's (0 from drivers before versions).
+	Protocol int `json:"protocol,omitempty"`
 }
 
 // Exit is how a stage ended. Error is set when the stage could not be started at all.
@@ -48,6 +62,8 @@ type Status struct {
 	Running int `json:"running"`
 	// IdleSince is when the last stage ended (or the agent started); meaningful when Running is 0.
 	IdleSince time.Time `json:"idle_since"`
+	// Protocol is the agent's (0 from agents before versions).
+	Protocol int `json:"protocol,omitempty"`
 }
 
 func writeFrame(w io.Writer, typ byte, payload []byte) error {

@@ -97,7 +97,7 @@ func (s *Server) handle(conn net.Conn) {
 }
 
 func (s *Server) status() Status {
-	st := Status{}
+	st := Status{Protocol: Protocol}
 	if _, err := exec.LookPath("bash"); err != nil {
 		st.Problem = fmt.Sprintf("no bash on PATH (%s): the environment must provide bash", os.Getenv("PATH"))
 	}
@@ -127,6 +127,10 @@ func (s *Server) run(conn net.Conn, req Request) {
 	sendExit := func(e Exit) {
 		b, _ := json.Marshal(e)
 		send(frameExit, b)
+	}
+	if req.Protocol < minProtocol {
+		sendExit(Exit{Code: -1, Error: fmt.Sprintf("the job's agent speaks protocol %d and no longer %d, the driver's: this job was prepared by a newer hearth than the one running its stages; run the job again", Protocol, req.Protocol)})
+		return
 	}
 
 	st, err := s.start(req.Script)
