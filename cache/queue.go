@@ -178,21 +178,33 @@ const (
 	waitForHeld
 )
 
-func (q Queue) take(ctx context.Context, ifHeld held) (*Batch, error) {
+// entryPaths lists the queue's complete entries (not the temporary files of entries being
+// written, which start with a dot), in name order; none when the queue dir does not exist yet.
+func (q Queue) entryPaths() ([]string, error) {
 	names, err := os.ReadDir(q.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &Batch{}, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read queue %s: %w", q.Dir, err)
 	}
-	sort.Slice(names, func(i, j int) bool { return names[i].Name() < names[j].Name() })
-	b := &Batch{queue: q}
+	var paths []string
 	for _, n := range names {
-		if !strings.HasSuffix(n.Name(), entrySuffix) || strings.HasPrefix(n.Name(), ".") {
-			continue
+		if strings.HasSuffix(n.Name(), entrySuffix) && !strings.HasPrefix(n.Name(), ".") {
+			paths = append(paths, filepath.Join(q.Dir, n.Name()))
 		}
-		p := filepath.Join(q.Dir, n.Name())
+	}
+	sort.Strings(paths)
+	return paths, nil
+}
+
+func (q Queue) take(ctx context.Context, ifHeld held) (*Batch, error) {
+	paths, err := q.entryPaths()
+	if err != nil {
+		return nil, err
+	}
+	b := &Batch{queue: q}
+	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) { // another drainer finished it
@@ -309,20 +321,13 @@ func (b *Batch) Release() {
 // Pending lists the entries waiting in the queue, oldest first, with when each was queued; it
 // takes no locks (for reports: an entry may be pushed while it is read).
 func (q Queue) Pending() ([]Entry, []time.Time, error) {
-	names, err := os.ReadDir(q.Dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil
-	}
+	paths, err := q.entryPaths()
 	if err != nil {
-		return nil, nil, fmt.Errorf("read queue %s: %w", q.Dir, err)
+		return nil, nil, err
 	}
 	var entries []Entry
 	var times []time.Time
-	for _, n := range names {
-		if !strings.HasSuffix(n.Name(), entrySuffix) || strings.HasPrefix(n.Name(), ".") {
-			continue
-		}
-		p := filepath.Join(q.Dir, n.Name())
+	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			continue // pushed meanwhile

@@ -12,10 +12,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -26,7 +28,9 @@ import (
 	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/executor"
 	"github.com/hearth-ci/hearth/jobcontainer"
+	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/daemon"
+	"github.com/hearth-ci/hearth/nixstore"
 )
 
 // Result is one check: what was checked, whether it holds, what was found, and, when it does not
@@ -46,6 +50,12 @@ type Doctor struct {
 	Exe string
 	// Env is the environment of the nix commands the probes run (NIX_CONF_DIR, PATH).
 	Env []string
+	// NoPush leaves the cache unwritten: the doctor then only asks it what it holds. Pushes are
+	// also left out when the config never pushes.
+	NoPush bool
+	// WatchWait is how long the doctor waits for `hearth cache watch` to push its probe (default
+	// 10 s; the watcher looks at the queue every second).
+	WatchWait time.Duration
 }
 
 func ok(check, detail string) Result { return Result{Check: check, OK: true, Detail: detail} }
@@ -60,6 +70,7 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 	rs = append(rs, d.containerd(ctx), runc(ctx), d.userNamespaces(ctx), d.subordinateIDs(), d.stateDir())
 	nonce := randomHex()
 	var probe string // what the protected tier built, for the cache checks
+	queued := false  // whether its post-build-hook queued it
 	for _, t := range cfg.Nix.Tiers() {
 		name := "nix-daemon"
 		if len(cfg.Nix.Tiers()) > 1 {
@@ -76,13 +87,14 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 		out, r := d.sandbox(ctx, name, t, nonce)
 		rs = append(rs, r)
 		if out != "" {
-			rs = append(rs, d.hook(name, t, out))
+			r, q := d.hook(ctx, name, t, out)
+			rs = append(rs, r)
 			if d.pushes(t) {
-				probe = out
+				probe, queued = out, q
 			}
 		}
 	}
-	rs = append(rs, d.queue()...)
+	rs = append(rs, d.queue(ctx, probe, queued)...)
 	rs = append(rs, d.cache(ctx, probe)...)
 	for _, name := range cfg.Deploy.TargetNames() {
 		rs = append(rs, d.target(ctx, name))
@@ -123,7 +135,11 @@ func (d *Doctor) userNamespaces(ctx context.Context) Result {
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: start, Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: start, Size: 1}},
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if errors.Is(err, fs.ErrPermission) {
+		return bad("user namespaces", fmt.Sprintf("uid %d cannot run %s to try", start, d.Exe), "run a hearth that every user may execute (not one under /root)")
+	}
+	if err != nil {
 		max, _ := os.ReadFile("/proc/sys/user/max_user_namespaces")
 		return bad("user namespaces", fmt.Sprintf("cannot make one: %v %s (user.max_user_namespaces = %s)", err, strings.TrimSpace(string(out)), strings.TrimSpace(string(max))),
 			"allow them: sysctl user.max_user_namespaces=15000")
@@ -174,7 +190,7 @@ func (d *Doctor) stateDir() Result {
 func advisories(name, version string) Result {
 	check := name + " advisories"
 	if version == "" {
-		return bad(check, "the daemon does not say its version (a Nix before 2.15 or so)", "update Nix")
+		return bad(check, "the daemon does not say its version (its protocol is older than 1.33: Nix before 2.4)", "update Nix")
 	}
 	if found := daemon.Vulnerable(version); len(found) > 0 {
 		return bad(check, fmt.Sprintf("Nix %s predates the fix of %s", version, daemon.Describe(found)), "update Nix on this host")
@@ -187,10 +203,13 @@ func (d *Doctor) trust(ctx context.Context, name string, t config.Tier) Result {
 	uid := d.Config.Jobs.UIDMapStart
 	check := name + " trust"
 	cmd := exec.CommandContext(ctx, d.Exe, "doctor", "trust-probe", t.DaemonSocket)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, NoSetGroups: true}}
+	// As a job's processes are: that uid and gid, no supplementary groups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
 	out, err := cmd.Output()
 	answer := strings.TrimSpace(string(out))
 	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return bad(check, fmt.Sprintf("uid %d cannot run %s to ask", uid, d.Exe), "run a hearth that every user may execute (not one under /root)")
 	case err != nil:
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -218,7 +237,7 @@ func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce 
 		out, err := cmd.Output()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			err = fmt.Errorf("%s: %s", args[0], lastLine(string(ee.Stderr)))
+			err = fmt.Errorf("%s: %s", args[0], buildError(string(ee.Stderr)))
 		}
 		return lastLine(string(out)), err
 	}
@@ -242,32 +261,63 @@ func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce 
 }
 
 // hook looks in the queue for the probe: the protected tier's post-build-hook must have queued it,
-// the unprotected tier's daemon must have no hook that queues for the cache.
-func (d *Doctor) hook(name string, t config.Tier, probe string) Result {
+// the unprotected tier's daemon must have no hook that queues for the cache. A watcher may have
+// pushed the entry already: a probe in the cache was queued too, since nothing else pushes it.
+// It returns whether the probe was queued.
+func (d *Doctor) hook(ctx context.Context, name string, t config.Tier, probe string) (Result, bool) {
 	check := name + " post-build-hook"
 	q := open.Queue(d.Config)
-	entries, _, err := q.Pending()
+	queued, err := d.isQueued(probe)
 	if err != nil {
-		return bad(check, err.Error(), "check [cache] queue_dir")
+		return bad(check, err.Error(), "check [cache] queue_dir"), false
 	}
-	// Nix 2.8 gives the hook the derivation only; later ones its outputs.
-	drv := "-" + probeName(probe) + ".drv"
-	queued := false
-	for _, e := range entries {
-		queued = queued || contains(e.Outputs, probe) || strings.HasSuffix(e.Drv, drv)
+	pushed := false
+	if !queued && d.pushes(t) {
+		pushed = d.inCache(ctx, probe)
 	}
-	trusted := d.pushes(t)
 	switch {
-	case trusted && queued:
-		return ok(check, "queues what the daemon builds into "+q.Dir)
-	case trusted:
+	case d.pushes(t) && queued:
+		return ok(check, "queues what the daemon builds into "+q.Dir), true
+	case d.pushes(t) && pushed:
+		return ok(check, "queued the probe, and cache watch has pushed it already"), true
+	case d.pushes(t):
 		return bad(check, fmt.Sprintf("the daemon built %s and nothing was queued in %s", probe, q.Dir),
-			"set the daemon's post-build-hook to a script running `hearth cache hook` with this config (see the README)")
+			"set the daemon's post-build-hook to a script running `hearth cache hook` with this config (see the README)"), false
 	case queued:
 		return bad(check, fmt.Sprintf("the unprotected tier's daemon queued %s for the cache", probe),
-			"remove post-build-hook from the unprotected tier's nix.conf: nothing it builds may reach the cache")
+			"remove post-build-hook from the unprotected tier's nix.conf: nothing it builds may reach the cache"), false
 	}
-	return ok(check, "none: nothing the tier builds is queued for the cache")
+	return ok(check, "none: nothing the tier builds is queued for the cache"), false
+}
+
+// isQueued says whether an entry waiting in the queue names the probe: by its output, or by its
+// derivation (Nix 2.8 gives the hook the derivation only).
+func (d *Doctor) isQueued(probe string) (bool, error) {
+	entries, _, err := open.Queue(d.Config).Pending()
+	if err != nil {
+		return false, err
+	}
+	drv := "-" + probeName(probe) + ".drv"
+	for _, e := range entries {
+		if slices.Contains(e.Outputs, probe) || strings.HasSuffix(e.Drv, drv) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// inCache says whether the cache holds path.
+func (d *Doctor) inCache(ctx context.Context, path string) bool {
+	b, err := open.Backend(ctx, d.Config)
+	if err != nil {
+		return false
+	}
+	infos, err := nixstore.Daemon(d.Config.Nix.Trusted().DaemonSocket).Info(ctx, []string{path})
+	if err != nil || len(infos) != 1 {
+		return false
+	}
+	missing, err := b.Missing(ctx, infos)
+	return err == nil && len(missing) == 0
 }
 
 // pushes says whether t is the tier whose builds are queued for the cache: the protected one, or
@@ -285,27 +335,21 @@ func probeName(p string) string {
 	return base
 }
 
-func (d *Doctor) queue() []Result {
+// queue checks that the queue is writable and moving: the probe the hook queued leaves it within
+// WatchWait when `hearth cache watch` runs; and that no path is rejected.
+func (d *Doctor) queue(ctx context.Context, probe string, queued bool) []Result {
 	q := open.Queue(d.Config)
 	var rs []Result
-	f, err := os.CreateTemp(q.Dir, ".doctor-")
-	if err != nil {
+	if _, err := os.Stat(q.Dir); errors.Is(err, fs.ErrNotExist) {
+		rs = append(rs, ok("queue", q.Dir+" does not exist yet: the post-build-hook makes it"))
+	} else if f, err := os.CreateTemp(q.Dir, ".doctor-"); err != nil {
 		rs = append(rs, bad("queue", err.Error(), "make [cache] queue_dir writable by root (the nix-daemon's hook writes there)"))
 	} else {
 		f.Close()
 		os.Remove(f.Name())
 		rs = append(rs, ok("queue", q.Dir+" is writable"))
 	}
-	entries, times, err := q.Pending()
-	switch {
-	case err != nil:
-		rs = append(rs, bad("cache watch", err.Error(), "check [cache] queue_dir"))
-	case len(entries) > 0 && time.Since(times[0]) > 10*time.Minute:
-		rs = append(rs, bad("cache watch", fmt.Sprintf("%s queued, the oldest for %s", entriesOf(len(entries)), time.Since(times[0]).Round(time.Second)),
-			"start `hearth cache watch` (hearth-cache-watch.service), and see its log for push errors"))
-	default:
-		rs = append(rs, ok("cache watch", fmt.Sprintf("%s queued, none for more than 10 minutes", entriesOf(len(entries)))))
-	}
+	rs = append(rs, d.watch(ctx, probe, queued))
 	rejected, err := q.Rejected()
 	switch {
 	case err != nil:
@@ -319,6 +363,43 @@ func (d *Doctor) queue() []Result {
 	return rs
 }
 
+func (d *Doctor) watch(ctx context.Context, probe string, queued bool) Result {
+	const check = "cache watch"
+	const fix = "start `hearth cache watch` (hearth-cache-watch.service), and see its log for push errors"
+	entries, times, err := open.Queue(d.Config).Pending()
+	if err != nil {
+		return bad(check, err.Error(), "check [cache] queue_dir")
+	}
+	if len(entries) > 0 && time.Since(times[0]) > 10*time.Minute {
+		return bad(check, fmt.Sprintf("%s queued, the oldest for %s", entriesOf(len(entries)), time.Since(times[0]).Round(time.Second)), fix)
+	}
+	if !queued {
+		return ok(check, fmt.Sprintf("%s queued, none for more than 10 minutes (no probe to follow)", entriesOf(len(entries))))
+	}
+	wait := d.WatchWait
+	if wait == 0 {
+		wait = 10 * time.Second
+	}
+	start := time.Now()
+	for {
+		still, err := d.isQueued(probe)
+		if err != nil {
+			return bad(check, err.Error(), "check [cache] queue_dir")
+		}
+		if !still {
+			return ok(check, fmt.Sprintf("pushed the probe %s after it was queued", time.Since(start).Round(100*time.Millisecond)))
+		}
+		if time.Since(start) > wait {
+			return bad(check, fmt.Sprintf("the probe is still queued after %s", wait), fix)
+		}
+		select {
+		case <-ctx.Done():
+			return bad(check, ctx.Err().Error(), fix)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // cache opens the cache, pushes the probe to it (which shows hearth may write there), and checks
 // that the key it signs with is one this host's Nix trusts.
 func (d *Doctor) cache(ctx context.Context, probe string) []Result {
@@ -327,12 +408,29 @@ func (d *Doctor) cache(ctx context.Context, probe string) []Result {
 		return []Result{bad("cache", err.Error(), "fix [cache]: the backend's settings and the files they name")}
 	}
 	var rs []Result
-	if probe == "" {
-		rs = append(rs, bad("cache", "not tried: the protected tier built no probe", "fix the nix-daemon first"))
-	} else if sum, err := open.Pusher(d.Config, b).Push(ctx, []string{probe}, cache.PathsOnly); err != nil {
-		rs = append(rs, bad("cache", fmt.Sprintf("pushing a probe to %s: %v", b, err), "check the cache's address, credentials and permissions"))
-	} else {
-		rs = append(rs, ok("cache", fmt.Sprintf("%s took a probe path (%d pushed)", b, sum.Pushed)))
+	switch {
+	case probe == "" || d.NoPush || d.Config.Cache.Push == "never":
+		// Reading only: ask the cache about a path it does not hold.
+		why := "no probe to push"
+		if probe != "" {
+			why = `--no-push, or [cache] push = "never"`
+		}
+		absent := nixstore.PathInfo{Path: nix.StoreDir + "/00000000000000000000000000000000-hearth-doctor-absent"}
+		if _, err := b.Missing(ctx, []nixstore.PathInfo{absent}); err != nil {
+			rs = append(rs, bad("cache", fmt.Sprintf("asking %s what it holds: %v", b, err), "check the cache's address and credentials"))
+		} else {
+			rs = append(rs, ok("cache", fmt.Sprintf("%s answers (not written: %s)", b, why)))
+		}
+	default:
+		sum, err := open.Pusher(d.Config, b).Push(ctx, []string{probe}, cache.PathsOnly)
+		switch {
+		case err != nil:
+			rs = append(rs, bad("cache", fmt.Sprintf("pushing a probe to %s: %v", b, err), "check the cache's address, credentials and permissions"))
+		case sum.Pushed == 1:
+			rs = append(rs, ok("cache", fmt.Sprintf("%s took a probe path", b)))
+		default:
+			rs = append(rs, ok("cache", fmt.Sprintf("%s holds the probe path (cache watch pushed it)", b)))
+		}
 	}
 	key, err := open.SigningKey(d.Config)
 	switch {
@@ -347,7 +445,7 @@ func (d *Doctor) cache(ctx context.Context, probe string) []Result {
 		trustedKeys, err := d.trustedKeys(ctx)
 		if err != nil {
 			rs = append(rs, bad("cache key", err.Error(), "check this host's nix.conf"))
-		} else if !contains(trustedKeys, pub) {
+		} else if !slices.Contains(trustedKeys, pub) {
 			rs = append(rs, bad("cache key", fmt.Sprintf("the cache is signed with %s, which this host's Nix does not trust", key.Public().Name),
 				fmt.Sprintf("add %s to trusted-public-keys (here and on every host that substitutes from the cache), or fix signing_key_file", pub)))
 		} else {
@@ -436,20 +534,27 @@ func entriesOf(n int) string {
 	return fmt.Sprintf("%d builds", n)
 }
 
-func contains(list []string, s string) bool {
-	for _, e := range list {
-		if e == s {
-			return true
-		}
-	}
-	return false
-}
-
 func orUnknown(v string) string {
 	if v == "" {
 		return "(version not said)"
 	}
 	return v
+}
+
+// buildError is what a failed nix command said that matters: its error lines and the builder's last
+// log lines, not the hint on where the full log is.
+func buildError(stderr string) string {
+	var keep []string
+	for _, l := range strings.Split(stderr, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "error:") || strings.HasPrefix(l, "> ") {
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) == 0 {
+		return lastLine(stderr)
+	}
+	return strings.Join(keep, " / ")
 }
 
 func lastLine(s string) string {

@@ -129,8 +129,19 @@ func releaseClaim(claim, id string) error {
 // as a job's root, must reach the skeleton roots under it, and a private subdirectory (the locks,
 // the network namespaces) made first with MkdirAll would otherwise make the state dir private too.
 func (e *Executor) makeStateDir() error {
-	if err := os.MkdirAll(e.cfg.Jobs.StateDir, 0o755); err != nil {
+	dir := e.cfg.Jobs.StateDir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("make the state dir: %w", err)
+	}
+	// Whatever the umask, or whoever made it first.
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("the state dir: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o055 != 0o055 {
+		if err := os.Chmod(dir, perm|0o755); err != nil {
+			return fmt.Errorf("make the state dir %s searchable by job containers: %w", dir, err)
+		}
 	}
 	return nil
 }

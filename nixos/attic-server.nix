@@ -9,7 +9,7 @@
 let
   inherit (lib) mkOption mkEnableOption mkIf types;
   cfg = config.services.hearth-attic;
-  inStore = p: lib.hasPrefix builtins.storeDir (toString p) || builtins.isPath p;
+  inherit (import ./lib.nix { inherit lib; }) inStore;
 in
 {
   options.services.hearth-attic = {

@@ -14,7 +14,7 @@ let
   # The one program hearth runs on a target (deploy/target.sh): every step of a deploy that
   # changes the host is one of its commands.
   targetScript = pkgs.writeScriptBin "hearth-deploy-target" (builtins.readFile ../deploy/target.sh);
-  inStore = p: lib.hasPrefix builtins.storeDir (toString p) || builtins.isPath p;
+  inherit (import ./lib.nix { inherit lib; }) inStore;
 in
 {
   options.services.hearth-deploy-target = {

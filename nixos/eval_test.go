@@ -92,12 +92,16 @@ func evaluate(t *testing.T, module, configuration string) evaluation {
 	if err := os.WriteFile(cfg, []byte(configuration), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	lib, err := filepath.Abs(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mod, err := filepath.Abs(module)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode", "tests/eval.nix",
-		"--arg", "nixpkgsLib", lib, "--arg", "module", mod, "--arg", "configuration", cfg)
+		"--argstr", "nixpkgsLib", lib, "--argstr", "module", mod, "--argstr", "configuration", cfg)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -283,6 +287,21 @@ func TestRunnerModule(t *testing.T) {
 	if !gr.Enable || !gr.GracefulTermination || r.Executor != "custom" || r.AuthenticationTokenConfigFile != "/run/secrets/gitlab-runner.env" {
 		t.Errorf("services.gitlab-runner: %+v", gr)
 	}
+	// Every program hearth runs is on the PATH of the units that run it.
+	for unit, path := range map[string][]string{"gitlab-runner (extraPackages)": gr.ExtraPackages, "hearth-gc": e.Services["hearth-gc"].Path} {
+		for _, want := range []string{"-nix", "-iptables", "-iproute2"} {
+			found := false
+			for _, p := range path {
+				found = found || strings.HasSuffix(p, want)
+			}
+			if !found {
+				t.Errorf("%s's PATH lacks %s: %v", unit, want, path)
+			}
+		}
+	}
+	if allow, ok := e.Services["nix-daemon"].ServiceConfig["IPAddressAllow"]; ok {
+		t.Errorf("without systemd-resolved the daemon's filter allows %v", allow)
+	}
 	runnerUnit := e.Services["gitlab-runner"]
 	if runnerUnit.ServiceConfig["DynamicUser"] != false || runnerUnit.ServiceConfig["User"] != "root" || !contains(runnerUnit.After, "containerd.service") || !contains(runnerUnit.After, "hearth-nix-unprotected.service") {
 		t.Errorf("gitlab-runner.service: %+v", runnerUnit)
@@ -294,6 +313,16 @@ func TestRunnerModule(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no tmpfiles rule makes %s: %q", dir, e.Tmpfiles)
+		}
+	}
+}
+
+// With systemd-resolved, fetchers may reach its stub resolver through the daemons' filters.
+func TestRunnerModuleResolved(t *testing.T) {
+	e := evaluate(t, "runner.nix", runnerHost("", "services.resolved.enable = true;"))
+	for _, unit := range []string{"nix-daemon", "hearth-nix-unprotected"} {
+		if allow := fmt.Sprint(e.Services[unit].ServiceConfig["IPAddressAllow"]); allow != "[127.0.0.53]" {
+			t.Errorf("%s.service IPAddressAllow = %s, want [127.0.0.53]", unit, allow)
 		}
 	}
 }
@@ -369,6 +398,8 @@ func TestRunnerModuleAssertions(t *testing.T) {
 			`nix.settings.trusted-users holds "*"`},
 		{"a trusted user's uid in the job range", "", `nix.settings.trusted-users = [ "ci" ]; users.users.ci = { isSystemUser = true; group = "ci"; uid = 1073741900; };`,
 			"nix.settings.trusted-users holds ci, whose id is in the jobs' uid range"},
+		{"a trusted uid, by number, in the job range", "", `nix.settings.trusted-users = [ "1073741825" ];`,
+			"nix.settings.trusted-users holds 1073741825, whose id is in the jobs' uid range"},
 		{"a trusted group's gid in the job range", "", `nix.settings.trusted-users = [ "@ci" ]; users.groups.ci.gid = 1073741824;`,
 			"nix.settings.trusted-users holds @ci, whose id is in the jobs' uid range"},
 		{"a secret in the store", `settings.cache.file.signing_key_file = "/nix/store/00000000000000000000000000000000-key";`, "",

@@ -83,7 +83,7 @@ let
       name = "services.hearth.runners.${n}.authenticationTokenConfigFile";
       value = r.authenticationTokenConfigFile;
     }) cfg.runners;
-  inStore = v: builtins.isPath v || lib.hasPrefix builtins.storeDir (toString v);
+  inherit (import ./lib.nix { inherit lib; }) inStore;
 
   # The job uid range, and the ranges it must stay clear of.
   jobStart = s.jobs.uid_map_start;
@@ -105,9 +105,12 @@ let
 
   # trusted-users entries whose id is in the job range: a job would be trusted by the daemon.
   trustedEntries = config.nix.settings.trusted-users or [ ];
+  # Nix matches a uid without a passwd entry by its number, so a number is a uid too.
   idOf =
     entry:
-    if lib.hasPrefix "@" entry then
+    if builtins.match "[0-9]+" entry != null then
+      lib.toInt entry
+    else if lib.hasPrefix "@" entry then
       config.users.groups.${lib.removePrefix "@" entry}.gid or null
     else
       config.users.users.${entry}.uid or null;
@@ -128,9 +131,16 @@ let
     "multicast"
     s.jobs.bridge.subnet
   ] ++ cfg.daemonNetwork.extraDeniedAddresses;
-  daemonNetworkConfig = lib.optionalAttrs cfg.daemonNetwork.restrict {
-    IPAddressDeny = daemonDeny;
-  };
+  daemonNetworkConfig = lib.optionalAttrs cfg.daemonNetwork.restrict (
+    {
+      IPAddressDeny = daemonDeny;
+    }
+    # Fetchers resolve names with the host's resolv.conf, which points at systemd-resolved's
+    # stub on 127.0.0.53 when it runs; an allowed address wins over a denied one.
+    // lib.optionalAttrs config.services.resolved.enable {
+      IPAddressAllow = [ "127.0.0.53" ];
+    }
+  );
 
   unprotectedNixConf = pkgs.writeText "nix.conf" (lib.concatStringsSep "\n" (
     lib.mapAttrsToList (
@@ -159,6 +169,15 @@ let
       ];
 
   sizeType = types.either types.ints.unsigned types.str;
+  # The most a job may ask for with HEARTH_<NAME>: by default the limit itself.
+  maxOption =
+    type: name:
+    mkOption {
+      inherit type;
+      default = s.jobs.${name};
+      defaultText = literalExpression "settings.jobs.${name}";
+      description = "The most a job may ask for with `HEARTH_${lib.toUpper name}`.";
+    };
   secretFile =
     description:
     mkOption {
@@ -313,7 +332,13 @@ in
           "10.0.0.0/8"
           "192.168.1.20"
         ];
-        description = "More addresses and prefixes the daemons' builds may not reach, such as this host's own LAN addresses and the private networks behind it.";
+        description = ''
+          More addresses and prefixes the daemons' builds may not reach, such as this host's own
+          LAN and public addresses (the filter has only localhost, link-local, multicast and the
+          jobs' bridge by itself) and the private networks behind it. The daemons' own
+          connections are filtered too: leave out the addresses of binary caches and remote
+          builders (`nix.buildMachines`) they must reach.
+        '';
       };
     };
 
@@ -443,7 +468,9 @@ in
             uid_map_start = mkOption {
               type = types.ints.positive;
               # 2^30: clear of NixOS's automatic sub-uid slots (100000 + k·65536) and of Debian's
-              # useradd (100000–600100000), below 2^31 (tools that read uids as signed).
+              # useradd (100000–600100000), below 2^31 (tools that read uids as signed). It is
+              # inside systemd's container range (524288–1879048191), which only
+              # `systemd-nspawn --private-users=pick` hands out.
               default = 1073741824;
               description = "The first host uid of the jobs' user namespace. Keep the range clear of every user's sub-uid ranges and of `trusted-users`.";
             };
@@ -457,56 +484,31 @@ in
               default = "4GiB";
               description = "Each job's memory limit (no swap; `/tmp` and `/root` count towards it).";
             };
-            memory_max = mkOption {
-              type = sizeType;
-              default = s.jobs.memory;
-              defaultText = literalExpression "settings.jobs.memory";
-              description = "The most a job may ask for with `HEARTH_MEMORY`.";
-            };
+            memory_max = maxOption sizeType "memory";
             cpus = mkOption {
               type = types.ints.unsigned;
               default = 0;
               description = "Each job's CPU limit in cores (0: none).";
             };
-            cpus_max = mkOption {
-              type = types.ints.unsigned;
-              default = s.jobs.cpus;
-              defaultText = literalExpression "settings.jobs.cpus";
-              description = "The most a job may ask for with `HEARTH_CPUS`.";
-            };
+            cpus_max = maxOption types.ints.unsigned "cpus";
             pids = mkOption {
               type = types.ints.positive;
               default = 4096;
               description = "Each job's limit of processes and threads at once.";
             };
-            pids_max = mkOption {
-              type = types.ints.positive;
-              default = s.jobs.pids;
-              defaultText = literalExpression "settings.jobs.pids";
-              description = "The most a job may ask for with `HEARTH_PIDS`.";
-            };
+            pids_max = maxOption types.ints.positive "pids";
             nofile = mkOption {
               type = types.ints.positive;
               default = 1024;
               description = "Each job's open-files limit per process.";
             };
-            nofile_max = mkOption {
-              type = types.ints.positive;
-              default = s.jobs.nofile;
-              defaultText = literalExpression "settings.jobs.nofile";
-              description = "The most a job may ask for with `HEARTH_NOFILE`.";
-            };
+            nofile_max = maxOption types.ints.positive "nofile";
             tmpfs_size = mkOption {
               type = sizeType;
               default = "1GiB";
               description = "The size of each of the job's `/tmp` and `/root`.";
             };
-            tmpfs_size_max = mkOption {
-              type = sizeType;
-              default = s.jobs.tmpfs_size;
-              defaultText = literalExpression "settings.jobs.tmpfs_size";
-              description = "The most a job may ask for with `HEARTH_TMPFS_SIZE`.";
-            };
+            tmpfs_size_max = maxOption sizeType "tmpfs_size";
           };
           cache = {
             backend = mkOption {
@@ -684,10 +686,12 @@ in
         gracefulTimeout = mkDefault "1h";
         settings.concurrent = cfg.concurrent;
         # What hearth runs besides itself: nix for store queries and copies, iptables for the
-        # bridge's rules (hearth speaks SSH itself, and finds the CNI plugins by plugin_dirs).
+        # bridge's rules, ip to isolate each job's port on the bridge (hearth speaks SSH itself,
+        # and finds the CNI plugins by plugin_dirs).
         extraPackages = [
           config.nix.package
           pkgs.iptables
+          pkgs.iproute2
         ];
         services = lib.mapAttrs (
           _: r:
@@ -727,7 +731,7 @@ in
       # its iptables rules, and read the cache's and deploys' secrets. So: root, as the module's
       # own comment suggests, instead of DynamicUser (which implies all of those). Kept: no
       # personality changes, no realtime scheduling, native system calls only.
-      systemd.services.gitlab-runner = {
+      systemd.services.gitlab-runner = mkIf config.services.gitlab-runner.enable {
         after = [
           "containerd.service"
           "nix-daemon.service"
@@ -799,6 +803,7 @@ in
         path = [
           config.nix.package
           pkgs.iptables
+          pkgs.iproute2
         ];
         serviceConfig = {
           Type = "oneshot";

@@ -60,6 +60,7 @@ HEARTH_TEST_CONTAINERD="$containerd2" go test -count=1 -timeout 30m "$@" ./inter
 nixroot=/var/cache/hearth/trixie-nix
 scripts/nix-root.sh "$nixroot"
 store=$(mktemp -d /var/tmp/hearth-nix-2.26.XXXXXX)
+chmod 0755 "$store" # it becomes /nix, which build users must be able to enter
 trap 'chmod -R u+w "$store" 2>/dev/null; rm -rf "$store"' EXIT
 echo "end-to-end tests again, against Nix 2.26 (Debian 13) as every nix-daemon:"
 HEARTH_TEST_NIX_ROOT="$nixroot" unshare --mount --propagation private -- \

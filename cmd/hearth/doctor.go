@@ -16,13 +16,15 @@ func doctorCommand() *cli.Command {
 		Name:  "doctor",
 		Usage: "check this runner host as hearth will use it, one line per check",
 		Description: "Probes rather than reads: connects to containerd and to each tier's nix-daemon, builds a tiny\n" +
-			"derivation in each tier (to see the sandbox and the post-build-hook at work) and pushes it to the\n" +
-			"cache, asks each daemon as a job's uid whether it trusts it, logs in to each deploy target, and\n" +
+			"derivation in each tier (to see the sandbox, the post-build-hook and cache watch at work) and\n" +
+			"pushes it to the cache (not with --no-push, nor when [cache] push = \"never\"), asks each daemon\n" +
+			"as a job's uid whether it trusts it, logs in to each deploy target, and\n" +
 			"puts a network namespace on the jobs' bridge to try the host's addresses from it. Each line is\n" +
 			"✓ or ✗ with what to do; the exit status is 1 when any line is ✗.",
 		Flags: []cli.Flag{
 			configFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the checks as JSON, for monitoring"},
+			&cli.BoolFlag{Name: "no-push", Usage: "do not push the probe to the cache, only ask the cache what it holds (for checks run often)"},
 		},
 		Subcommands: []*cli.Command{{
 			// The builder of doctor's probe derivation: its pid is 1 only in the sandbox.
@@ -58,7 +60,7 @@ func doctorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			d := &doctor.Doctor{Config: cfg, Exe: exe, Env: os.Environ()}
+			d := &doctor.Doctor{Config: cfg, Exe: exe, Env: os.Environ(), NoPush: c.Bool("no-push")}
 			results := d.Run(c.Context)
 			failed := 0
 			for _, r := range results {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,37 @@ func doctor(t *testing.T, cfg string, d *testenv.Daemon) ([]doctorLine, bool) {
 		t.Fatalf("hearth doctor --json: %v (%v)\n%s", jerr, err, out)
 	}
 	return lines, err == nil
+}
+
+// failedChecks are the checks of lines that are ✗, advisories aside: Debian's Nix 2.8 (and 2.26)
+// really predate the fixes of some.
+func failedChecks(lines []doctorLine) []string {
+	var failed []string
+	for _, l := range lines {
+		if !l.OK && !strings.HasSuffix(l.Check, " advisories") {
+			failed = append(failed, l.Check)
+		}
+	}
+	return failed
+}
+
+// watching runs `hearth cache watch` for cfg, as the runner host's unit does, until t ends or
+// the returned stop is called.
+func watching(t *testing.T, cfg string) (stop func()) {
+	t.Helper()
+	cmd := exec.Command(parts.Hearth, "--config", cfg, "cache", "watch")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // line is the doctor's line for check, failing the test when there is none.
@@ -88,17 +120,11 @@ func TestDoctor(t *testing.T) {
 	// On a state dir that does not exist yet, as on a fresh host: what the doctor makes there
 	// (the probe's network namespace) must leave it usable by the jobs that follow.
 	fresh := filepath.Join(parts.Dir, fmt.Sprintf("ds%d", time.Now().UnixNano()%1000))
-	b, _ := os.ReadFile(good)
-	os.WriteFile(good, []byte(strings.Replace(string(b), fmt.Sprintf("state_dir = %q", parts.StateDir()), fmt.Sprintf("state_dir = %q", fresh), 1)), 0o600)
+	replaceInFile(t, good, fmt.Sprintf("state_dir = %q", parts.StateDir()), fmt.Sprintf("state_dir = %q", fresh))
+	stopWatching := watching(t, good)
 	lines, exited0 := doctor(t, good, p)
-	var failed []string
-	for _, l := range lines {
-		if !l.OK && !strings.HasSuffix(l.Check, " advisories") {
-			failed = append(failed, fmt.Sprintf("%s: %s (%s)", l.Check, l.Detail, l.Fix))
-		}
-	}
-	if len(failed) > 0 {
-		t.Fatalf("hearth doctor fails on the test environment:\n%s", strings.Join(failed, "\n"))
+	if failed := failedChecks(lines); len(failed) > 0 {
+		t.Fatalf("hearth doctor fails on the test environment: %q\n%+v", failed, lines)
 	}
 	for _, check := range []string{"containerd", "runc", "user namespaces", "job uid range", "state dir",
 		"nix-daemon (protected tier)", "nix-daemon (protected tier) trust", "nix-daemon (protected tier) sandbox", "nix-daemon (protected tier) post-build-hook",
@@ -109,8 +135,8 @@ func TestDoctor(t *testing.T) {
 	if adv := line(t, lines, "nix-daemon (protected tier) advisories"); adv.OK || exited0 {
 		t.Fatalf("Nix %s passes the advisory check (exit 0: %v): %+v", adv.Detail, exited0, adv)
 	}
-	if l := line(t, lines, "cache"); !strings.Contains(l.Detail, "(1 pushed)") {
-		t.Errorf("the probe was not pushed: %+v", l)
+	if l := line(t, lines, "cache watch"); !strings.HasPrefix(l.Detail, "pushed the probe ") {
+		t.Errorf("the watcher did not push the probe: %+v", l)
 	}
 	if res, log := runJobAs(t, good, "after:\n  script:\n    - echo after-the-doctor\n", "after", true); res.State != "success" {
 		t.Fatalf("a job after the doctor on a fresh host: %s\n%s", res, log)
@@ -121,6 +147,8 @@ func TestDoctor(t *testing.T) {
 		t.Errorf("hearth doctor's text (%v):\n%s", err, text)
 	}
 	t.Logf("hearth doctor on the test environment:\n%s", text)
+	// The cases below share the queue: each runs a watcher of its own, or none.
+	stopWatching()
 
 	other, _ := keyPair(t, "hearth-e2e-doctor-other-1")
 	empty := filepath.Join(t.TempDir(), "known_hosts")
@@ -132,8 +160,7 @@ func TestDoctor(t *testing.T) {
 	}{
 		{"containerd stopped", "containerd", "is unreachable", "start containerd", func(t *testing.T) (string, *testenv.Daemon) {
 			cfg := doctorConfig(t, p, u, parts.TeamKey, "")
-			b, _ := os.ReadFile(cfg)
-			os.WriteFile(cfg, []byte(strings.Replace(string(b), parts.ContainerdSocket, filepath.Join(t.TempDir(), "containerd.sock"), 1)), 0o600)
+			replaceInFile(t, cfg, fmt.Sprintf("address = %q", parts.ContainerdSocket), fmt.Sprintf("address = %q", filepath.Join(t.TempDir(), "containerd.sock")))
 			return cfg, p
 		}},
 		{"sandbox off", "nix-daemon (protected tier) sandbox", "builds run outside the sandbox", "sandbox = true", func(t *testing.T) (string, *testenv.Daemon) {
@@ -154,10 +181,19 @@ func TestDoctor(t *testing.T) {
 		{"an unknown target host key", "deploy target t1", "is not pinned in " + empty, "known_hosts_file", func(t *testing.T) (string, *testenv.Daemon) {
 			return doctorConfig(t, p, u, parts.TeamKey, target(empty)), p
 		}},
+		{"cache watch stopped", "cache watch", "the probe is still queued after", "hearth cache watch", func(t *testing.T) (string, *testenv.Daemon) {
+			return doctorConfig(t, p, u, parts.TeamKey, ""), p
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, d := tc.setup(t)
+			if tc.check != "cache watch" {
+				watching(t, cfg)
+			}
 			lines, exited0 := doctor(t, cfg, d)
+			if failed := failedChecks(lines); len(failed) != 1 || failed[0] != tc.check {
+				t.Fatalf("%s: the ✗ lines are %q, want %q alone\n%+v", tc.name, failed, tc.check, lines)
+			}
 			l := line(t, lines, tc.check)
 			if l.OK || !strings.Contains(l.Detail, tc.want) || !strings.Contains(l.Fix, tc.fix) {
 				t.Fatalf("%s: the %q line is %+v, want ✗ saying %q with a fix naming %q", tc.name, tc.check, l, tc.want, tc.fix)
@@ -178,4 +214,19 @@ func daemonWith(t *testing.T, conf string) *testenv.Daemon {
 	}
 	t.Cleanup(d.Stop)
 	return d
+}
+
+// replaceInFile replaces old with new in the file at path, failing when old is not there.
+func replaceInFile(t *testing.T, path, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%s has no %q", path, old)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(b), old, new, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

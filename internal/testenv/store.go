@@ -103,6 +103,9 @@ func (e *Parts) makeStorePaths() error {
 	if err := copyFile("/etc/ssl/certs/ca-certificates.crt", filepath.Join(envDir, "etc", "ssl", "certs", "ca-bundle.crt")); err != nil {
 		return fmt.Errorf("the job environment's certificates: %w (apt-get install ca-certificates)", err)
 	}
+	if err := os.Symlink("ca-bundle.crt", filepath.Join(envDir, "etc", "ssl", "certs", "ca-certificates.crt")); err != nil {
+		return err
+	}
 	git := fmt.Sprintf("#!%[1]s/bin/bash\nexport GIT_EXEC_PATH=%[1]s/libexec/git-core\nexec %[1]s/libexec/git-core/git \"$@\"\n", e.Tools)
 	if err := os.WriteFile(filepath.Join(envDir, "bin", "git"), []byte(git), 0o755); err != nil {
 		return err

@@ -63,25 +63,14 @@ func dial(ctx context.Context, socket string) (net.Conn, error) {
 }
 
 func handshake(rw io.ReadWriter) (Info, error) {
-	info, _, err := exchange(rw)
+	info, _, _, err := exchange(rw)
 	return info, err
 }
 
-// handshakeTrust is the handshake for Trusted: the daemon's trust flag (0, unknown, before
-// protocol 1.35) and the protocol's minor version the connection speaks.
-func handshakeTrust(rw io.ReadWriter) (flag, minor uint64, err error) {
-	info, flag, err := exchange(rw)
-	if err != nil {
-		return 0, 0, err
-	}
-	var major uint64
-	fmt.Sscanf(info.Protocol, "%d.%d", &major, &minor)
-	return flag, min(minor, clientProtocol&0xff), nil
-}
-
-// exchange runs the handshake up to the daemon's STDERR_LAST.
-func exchange(rw io.ReadWriter) (info Info, trust uint64, err error) {
-	fail := func(err error) (Info, uint64, error) { return info, trust, err }
+// exchange runs the handshake up to the daemon's STDERR_LAST. It also returns the daemon's trust
+// flag (0, unknown, before protocol 1.35) and the protocol minor version the connection speaks.
+func exchange(rw io.ReadWriter) (info Info, trust, minor uint64, err error) {
+	fail := func(err error) (Info, uint64, uint64, error) { return info, trust, minor, err }
 	if err := writeU64(rw, workerMagic1); err != nil {
 		return fail(err)
 	}
@@ -100,7 +89,7 @@ func exchange(rw io.ReadWriter) (info Info, trust uint64, err error) {
 		return fail(fmt.Errorf("unknown worker protocol major version %d", server>>8))
 	}
 	info.Protocol = fmt.Sprintf("%d.%d", server>>8, server&0xff)
-	minor := min(server&0xff, clientProtocol&0xff)
+	minor = min(server&0xff, clientProtocol&0xff)
 	if err := writeU64(rw, clientProtocol); err != nil {
 		return fail(err)
 	}
@@ -132,7 +121,7 @@ func exchange(rw io.ReadWriter) (info Info, trust uint64, err error) {
 		}
 		switch msg {
 		case stderrLast:
-			return info, trust, nil
+			return info, trust, minor, nil
 		case stderrNext:
 			if _, err := readString(rw); err != nil {
 				return fail(err)

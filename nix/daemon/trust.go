@@ -29,7 +29,7 @@ func Trusted(ctx context.Context, socket string) (bool, error) {
 
 // trustOver runs Trusted's exchange over a connection.
 func trustOver(conn io.ReadWriter, socket string) (bool, error) {
-	flag, minor, err := handshakeTrust(conn)
+	_, flag, minor, err := exchange(conn)
 	if err != nil {
 		return false, fmt.Errorf("nix-daemon at %s: %w", socket, err)
 	}

@@ -56,6 +56,7 @@ func TestTrusted(t *testing.T) {
 	}{
 		{"the handshake says trusted", hello(37, trusted), true, "", false},
 		{"the handshake says not trusted", hello(37, notTrusted), false, "", false},
+		{"a daemon at 1.35 that does not know", hello(37, 0).u64(stderrError).str("Error").u64(0).str("Error", "repairing is not allowed because you are not in 'trusted-users'").u64(0, 0), false, "", true},
 		{"Nix 2.8 refuses an untrusted user's repair", hello(34, 0).u64(stderrError).str("Error").u64(0).str("Error", "repairing is not allowed because you are not in 'trusted-users'").u64(0, 0), false, "", true},
 		{"an old protocol's plain error", hello(25, 0).u64(stderrError).str("repairing is not allowed because you are not in 'trusted-users'").u64(1), false, "", true},
 		{"Nix 2.8 builds nothing for a trusted user, with activities on the way", hello(34, 0).

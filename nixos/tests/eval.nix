@@ -2,24 +2,25 @@
 # options it sets (nixpkgs-options.nix) and a stand-in for the pkgs functions it calls
 # (stub-pkgs.nix), and returns what a test needs to check, as JSON:
 #
-#   nix-instantiate --eval --strict --json nixos/tests/eval.nix \
-#     --arg nixpkgsLib /path/to/nixpkgs.lib --arg module ./nixos/runner.nix --arg configuration ./case.nix
+#   nix-instantiate --eval --strict --json nixos/tests/eval.nix --argstr nixpkgsLib /path/to/nixpkgs.lib \
+#     --argstr module $PWD/nixos/runner.nix --argstr configuration $PWD/case.nix
 #
-# nixpkgsLib is a copy of nix-community/nixpkgs.lib (nixpkgs' lib/ alone, 2.4 MB).
+# nixpkgsLib is a copy of nix-community/nixpkgs.lib (nixpkgs' lib/ alone, 2.4 MB). The arguments
+# are absolute paths given as strings, which may hold characters a Nix path literal cannot.
 {
   nixpkgsLib,
   module,
   configuration,
 }:
 let
-  lib = import (nixpkgsLib + "/lib");
+  lib = import (/. + nixpkgsLib + "/lib");
   pkgs = import ./stub-pkgs.nix { inherit lib; };
   config =
     (lib.evalModules {
       modules = [
         ./nixpkgs-options.nix
-        module
-        configuration
+        (/. + module)
+        (/. + configuration)
         { _module.args.pkgs = pkgs; }
       ];
     }).config;

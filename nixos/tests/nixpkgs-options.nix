@@ -268,6 +268,9 @@ in
       )) { };
     };
 
+    # nixos/modules/system/boot/resolved.nix @ db59d03371a1ca74896c812e1653d5bccc0bc0f4
+    services.resolved.enable = opt types.bool false;
+
     # nixos/modules/security/acme/default.nix @ 014d882725c6ab65982a046f110b73214c0f5e1f
     security.acme = {
       acceptTerms = opt types.bool false;

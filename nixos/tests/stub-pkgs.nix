@@ -15,6 +15,7 @@ in
 {
   coreutils = package "coreutils";
   iptables = package "iptables";
+  iproute2 = package "iproute2";
   runc = package "runc";
   cni-plugins = package "cni-plugins";
   nix = package "nix";
