@@ -178,6 +178,12 @@ let
       defaultText = literalExpression "settings.jobs.${name}";
       description = "The most a job may ask for with `HEARTH_${lib.toUpper name}`.";
     };
+  strOption =
+    default: description:
+    mkOption {
+      type = types.str;
+      inherit default description;
+    };
   secretFile =
     description:
     mkOption {
@@ -268,16 +274,8 @@ in
     };
 
     unprotectedTier = {
-      storeRoot = mkOption {
-        type = types.str;
-        default = "/var/lib/hearth/unprotected";
-        description = "The root of the unprotected tier's store: its paths live in `<storeRoot>/nix/store`, seen by its jobs as `/nix/store`.";
-      };
-      socket = mkOption {
-        type = types.str;
-        default = "/run/hearth-unprotected/daemon-socket/socket";
-        description = "The unprotected tier's nix-daemon socket.";
-      };
+      storeRoot = strOption "/var/lib/hearth/unprotected" "The root of the unprotected tier's store: its paths live in `<storeRoot>/nix/store`, seen by its jobs as `/nix/store`.";
+      socket = strOption "/run/hearth-unprotected/daemon-socket/socket" "The unprotected tier's nix-daemon socket.";
       buildUsers = mkOption {
         type = types.ints.positive;
         default = 8;
@@ -365,11 +363,7 @@ in
       '';
     };
 
-    gcInterval = mkOption {
-      type = types.str;
-      default = "10min";
-      description = "How often `hearth gc` removes what dead or cancelled jobs left: containers, snapshots, network namespaces, claims, roots of pushed paths (a systemd time span).";
-    };
+    gcInterval = strOption "10min" "How often `hearth gc` removes what dead or cancelled jobs left: containers, snapshots, network namespaces, claims, roots of pushed paths (a systemd time span).";
 
     runners = mkOption {
       type = types.attrsOf (
@@ -424,27 +418,11 @@ in
       type = types.submodule {
         freeformType = toml.type;
         options = {
-          containerd.address = mkOption {
-            type = types.str;
-            default = "/run/containerd/containerd.sock";
-            description = "The containerd socket.";
-          };
+          containerd.address = strOption "/run/containerd/containerd.sock" "The containerd socket.";
           jobs = {
-            builds_root = mkOption {
-              type = types.str;
-              default = "/var/lib/hearth/builds";
-              description = "Host directory of the jobs' builds dirs.";
-            };
-            cache_root = mkOption {
-              type = types.str;
-              default = "/var/lib/hearth/cache";
-              description = "Host directory of the per-project cache dirs.";
-            };
-            state_dir = mkOption {
-              type = types.str;
-              default = "/run/hearth";
-              description = "Per-job state (agent sockets: keep the path short) and skeleton roots.";
-            };
+            builds_root = strOption "/var/lib/hearth/builds" "Host directory of the jobs' builds dirs.";
+            cache_root = strOption "/var/lib/hearth/cache" "Host directory of the per-project cache dirs.";
+            state_dir = strOption "/run/hearth" "Per-job state (agent sockets: keep the path short) and skeleton roots.";
             network = mkOption {
               type = types.enum [
                 "bridge"
@@ -454,11 +432,7 @@ in
               default = "bridge";
               description = "The jobs' network: `bridge` (a namespace of its own with NAT, not reaching the host or other jobs), `host` or `none`.";
             };
-            bridge.subnet = mkOption {
-              type = types.str;
-              default = "10.217.0.0/16";
-              description = "Where the jobs' addresses on the bridge come from.";
-            };
+            bridge.subnet = strOption "10.217.0.0/16" "Where the jobs' addresses on the bridge come from.";
             bridge.plugin_dirs = mkOption {
               type = types.listOf types.str;
               default = [ "${pkgs.cni-plugins}/bin" ];
@@ -534,35 +508,15 @@ in
               default = false;
               description = "Whether a failed push fails the job (as a system failure).";
             };
-            queue_dir = mkOption {
-              type = types.str;
-              default = "/var/lib/hearth/queue";
-              description = "Where the post-build-hook queues built paths.";
-            };
+            queue_dir = strOption "/var/lib/hearth/queue" "Where the post-build-hook queues built paths.";
             file = {
-              dir = mkOption {
-                type = types.str;
-                default = "/var/lib/hearth/binary-cache";
-                description = "The file backend's cache directory.";
-              };
+              dir = strOption "/var/lib/hearth/binary-cache" "The file backend's cache directory.";
               signing_key_file = secretFile "The file backend's signing key (`hearth cache keygen NAME`), a path outside the store.";
             };
             s3 = {
-              bucket = mkOption {
-                type = types.str;
-                default = "";
-                description = "The bucket.";
-              };
-              prefix = mkOption {
-                type = types.str;
-                default = "";
-                description = "A key prefix inside the bucket.";
-              };
-              region = mkOption {
-                type = types.str;
-                default = "us-east-1";
-                description = "The bucket's region (Backblaze B2: e.g. `us-west-004`).";
-              };
+              bucket = strOption "" "The bucket.";
+              prefix = strOption "" "A key prefix inside the bucket.";
+              region = strOption "us-east-1" "The bucket's region (Backblaze B2: e.g. `us-west-004`).";
               endpoint = mkOption {
                 type = types.str;
                 default = "";
@@ -580,11 +534,7 @@ in
                 example = "https://attic.example.com/";
                 description = "The Attic server's base URL.";
               };
-              cache = mkOption {
-                type = types.str;
-                default = "";
-                description = "The cache's name on the Attic server.";
-              };
+              cache = strOption "" "The cache's name on the Attic server.";
               token_file = secretFile "A file holding an Attic token that may push to the cache.";
             };
           };
