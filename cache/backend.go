@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/nar"
@@ -106,4 +107,28 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// Pruner is a Backend that can remove what nobody needs any more (hearth cache prune): the file
+// and S3 caches, which grow for ever otherwise. Attic collects its own garbage. Callers find it by
+// type assertion.
+type Pruner interface {
+	Prune(ctx context.Context, req PruneRequest) (PruneSummary, error)
+}
+
+// PruneRequest says what a prune keeps: every path pushed since Before, every path of Keep (the
+// queued paths, the systems deployed), and the closures of all of them.
+type PruneRequest struct {
+	Before time.Time
+	Keep   []string
+	// DryRun counts what would go and removes nothing.
+	DryRun bool
+}
+
+// PruneSummary is what a prune removed (or, dry, would remove).
+type PruneSummary struct {
+	// Paths are the narinfos removed; NARs the NAR files (of those, and of pushes that never
+	// wrote their narinfo); Bytes their sizes together. Kept counts the narinfos left.
+	Paths, NARs, Kept int
+	Bytes             int64
 }

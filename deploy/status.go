@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-ci/hearth/config"
 )
 
 // Generation is one of a target's system profile generations.
@@ -91,23 +93,37 @@ func Previous(gens []Generation) (Generation, error) {
 // Reach logs in to a target with its pinned host key and runs hearth-deploy-target's hello, as a
 // deploy's first step does, and says what the target runs.
 func (d *Deployer) Reach(ctx context.Context, target string) (string, error) {
-	t, ok := d.Config.Targets[target]
-	if !ok {
-		return "", fmt.Errorf("no target %q in [deploy.targets]; configured: %s", target, strings.Join(d.Config.TargetNames(), ", "))
-	}
-	w := newWrapper(t.User)
-	c, err := dial(ctx, endpointOf(target, t))
+	t, f, err := d.hello(ctx, target)
 	if err != nil {
 		return "", err
-	}
-	defer c.Close()
-	f, err := w.hello(ctx, c)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", target, err)
 	}
 	current := f["current"]
 	if current == "" {
 		current = "no NixOS system yet"
 	}
 	return fmt.Sprintf("%s@%s:%d, running %s", t.User, t.Host, t.Port, current), nil
+}
+
+// Current is the system a target runs ("" for a host with no NixOS system yet).
+func (d *Deployer) Current(ctx context.Context, target string) (string, error) {
+	_, f, err := d.hello(ctx, target)
+	return f["current"], err
+}
+
+func (d *Deployer) hello(ctx context.Context, target string) (config.Target, facts, error) {
+	t, ok := d.Config.Targets[target]
+	if !ok {
+		return t, nil, fmt.Errorf("no target %q in [deploy.targets]; configured: %s", target, strings.Join(d.Config.TargetNames(), ", "))
+	}
+	w := newWrapper(t.User)
+	c, err := dial(ctx, endpointOf(target, t))
+	if err != nil {
+		return t, nil, err
+	}
+	defer c.Close()
+	f, err := w.hello(ctx, c)
+	if err != nil {
+		return t, nil, fmt.Errorf("%s: %w", target, err)
+	}
+	return t, f, nil
 }

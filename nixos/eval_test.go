@@ -366,7 +366,8 @@ func TestRunnerModuleSettings(t *testing.T) {
       identity_file = "/run/secrets/deploy_ed25519";
       projects = [ "infra/nixos" ];
     };
-    environments.rust.image = "docker.io/library/rust:1";`))
+    environments.rust.image = "docker.io/library/rust:1";
+    cachePrune.olderThan = "90d";`))
 	if len(e.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", e.Failed)
 	}
@@ -382,6 +383,12 @@ func TestRunnerModuleSettings(t *testing.T) {
 	}
 	if env := c.Environments["rust"]; env.Image != "docker.io/library/rust:1" || env.StorePath != "" {
 		t.Errorf("environment rust: %+v", env)
+	}
+	if pr := e.Services["hearth-cache-prune"]; pr.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-hearth/bin/hearth --config /etc/hearth/config.toml cache prune --older-than 90d" {
+		t.Errorf("hearth-cache-prune: %+v", pr)
+	}
+	if tm := e.Timers["hearth-cache-prune"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "weekly" {
+		t.Errorf("hearth-cache-prune.timer: %+v", tm)
 	}
 }
 
@@ -416,6 +423,8 @@ func TestRunnerModuleAssertions(t *testing.T) {
 			`cache.backend = "s3" needs cache.s3.bucket and cache.s3.endpoint`},
 		{"attic without its endpoint", `settings.cache.backend = "attic"; settings.cache.attic.cache = "team";`, "",
 			`cache.backend = "attic" needs cache.attic.endpoint`},
+		{"a prune of an Attic cache", `settings.cache.backend = "attic"; settings.cache.attic = { endpoint = "https://attic.example.com/"; cache = "team"; }; cachePrune.olderThan = "90d";`, "",
+			"services.hearth.cachePrune is for file and S3 caches"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := evaluate(t, "runner.nix", runnerHost(tc.body, tc.extra))

@@ -363,6 +363,20 @@ in
       '';
     };
 
+    cachePrune = {
+      olderThan = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "90d";
+        description = ''
+          When set, `hearth-cache-prune.timer` runs `hearth cache prune --older-than <this>` weekly:
+          a file or S3 (B2) cache otherwise grows for ever. What queued paths and the deploy
+          targets' running systems need is kept. Not for Attic, which collects its own garbage.
+        '';
+      };
+      interval = strOption "weekly" "When the prune runs (a systemd calendar event).";
+    };
+
     gcInterval = strOption "10min" "How often `hearth gc` removes what dead or cancelled jobs left: containers, snapshots, network namespaces, claims, roots of pushed paths (a systemd time span).";
 
     runners = mkOption {
@@ -768,6 +782,32 @@ in
         };
       };
     }
+
+    (mkIf (cfg.cachePrune.olderThan != null) {
+      assertions = [
+        {
+          assertion = s.cache.backend != "attic";
+          message = "services.hearth.cachePrune is for file and S3 caches: an Attic server collects its own garbage (services.hearth-attic.retention).";
+        }
+      ];
+      systemd.services.hearth-cache-prune = {
+        description = "hearth: remove from the binary cache what nobody needs any more";
+        after = [ "network-online.target" ];
+        wants = [ "network-online.target" ];
+        path = [ config.nix.package ];
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = "${hearth} --config ${configFile} cache prune --older-than ${cfg.cachePrune.olderThan}";
+        };
+      };
+      systemd.timers.hearth-cache-prune = {
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.cachePrune.interval;
+          Persistent = true;
+        };
+      };
+    })
 
     (mkIf (!cfg.trustAllJobs) {
       # The unprotected tier: a second nix-daemon on a store of its own, with its own build users

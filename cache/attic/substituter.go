@@ -82,3 +82,9 @@ func (s substituter) Put(context.Context, string, io.Reader, string) error { ret
 func (s substituter) List(context.Context, string) ([]string, error) {
 	return nil, errors.New("an Attic server cannot list its narinfos")
 }
+
+func (s substituter) ListInfo(context.Context, string, string) ([]binarycache.ObjectInfo, error) {
+	return nil, errors.New("an Attic server cannot list its narinfos")
+}
+
+func (s substituter) Delete(context.Context, string) error { return errReadOnly }

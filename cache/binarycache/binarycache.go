@@ -34,6 +34,11 @@ type Objects interface {
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	// List returns the keys that end in suffix.
 	List(ctx context.Context, suffix string) ([]string, error)
+	// ListInfo returns the objects directly in dir ("" or "nar/") whose keys end in suffix, with
+	// their sizes and when they were written.
+	ListInfo(ctx context.Context, dir, suffix string) ([]ObjectInfo, error)
+	// Delete removes key; an absent key is no error.
+	Delete(ctx context.Context, key string) error
 	String() string
 }
 

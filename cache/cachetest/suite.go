@@ -148,6 +148,91 @@ func Run(t *testing.T, parts *testenv.Parts, fresh func(t *testing.T) Instance) 
 		}
 	})
 
+	t.Run("prune keeps what is recent, what is kept, and their closures", func(t *testing.T) {
+		in := fresh(t)
+		p, ok := in.Backend.(cache.Pruner)
+		if !ok {
+			t.Skip("this backend collects its own garbage")
+		}
+		nonce := fmt.Sprint(time.Now().UnixNano())
+		kept, err := parts.BuildChain("prune-kept-"+nonce, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gone, err := parts.BuildChain("prune-gone-"+nonce, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pusher(in.Backend).Push(ctx, []string{kept[2], gone[1]}, cache.Closures); err != nil {
+			t.Fatal(err)
+		}
+		stored := in.Stored(t)
+		same := func(what string) {
+			t.Helper()
+			if now := in.Stored(t); strings.Join(now, " ") != strings.Join(stored, " ") {
+				t.Fatalf("%s changed the cache: %v, was %v", what, now, stored)
+			}
+		}
+		// Nothing was pushed before an hour ago: nothing goes.
+		sum, err := p.Prune(ctx, cache.PruneRequest{Before: time.Now().Add(-time.Hour)})
+		if err != nil || sum.Paths != 0 || sum.NARs != 0 || sum.Kept != 5 {
+			t.Fatalf("prune of nothing old: %+v, %v", sum, err)
+		}
+		same("a prune of nothing old")
+		// Everything is older than an hour from now; kept[2] is kept, and what it references. A
+		// NAR is named by its hash, so identical bytes share one: gone[0] has the same contents as
+		// kept[0] (the first link of each chain), and its NAR stays.
+		infos, err := store.Closure(ctx, []string{kept[2]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		goneInfos, err := store.Info(ctx, gone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keptNars := map[string]bool{}
+		for _, in := range infos {
+			keptNars[in.NarHash] = true
+		}
+		nars := 0
+		for _, in := range goneInfos {
+			if !keptNars[in.NarHash] {
+				nars++
+			}
+		}
+		if nars != 1 {
+			t.Fatalf("the test expects gone[0] to share kept[0]'s NAR, and gone[1] not: %d NARs of its own", nars)
+		}
+		req := cache.PruneRequest{Before: time.Now().Add(time.Hour), Keep: []string{kept[2]}, DryRun: true}
+		if sum, err = p.Prune(ctx, req); err != nil || sum.Paths != 2 || sum.NARs != nars || sum.Kept != 3 || sum.Bytes <= 0 {
+			t.Fatalf("dry prune: %+v, %v", sum, err)
+		}
+		same("a dry prune")
+		req.DryRun = false
+		if sum, err = p.Prune(ctx, req); err != nil || sum.Paths != 2 || sum.NARs != nars || sum.Kept != 3 {
+			t.Fatalf("prune: %+v, %v", sum, err)
+		}
+		if missing, err := in.Backend.Missing(ctx, infos); err != nil || len(missing) != 0 {
+			t.Fatalf("prune removed %v of a kept closure (%v)", missing, err)
+		}
+		if missing, err := in.Backend.Missing(ctx, goneInfos); err != nil || len(missing) != 2 {
+			t.Fatalf("after the prune the cache lacks %v of %v (%v)", missing, gone, err)
+		}
+		if left := in.Stored(t); len(left) != len(stored)-2-nars {
+			t.Fatalf("the prune left %v, of %v before", left, stored)
+		}
+		// Real Nix still substitutes the kept closure.
+		root, err := parts.Substitute(in.Substituter, in.PublicKey, kept[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range kept {
+			if err := sameTree(root+k, k); err != nil {
+				t.Fatalf("substituted %s differs: %v", k, err)
+			}
+		}
+	})
+
 	t.Run("a large path", func(t *testing.T) {
 		in := fresh(t)
 		big, err := parts.AddRandom(fmt.Sprint("big-", time.Now().UnixNano()), 21<<20)

@@ -128,3 +128,45 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// ListInfo returns the files in dir (relative to the cache directory) that end in suffix.
+func (d Dir) ListInfo(_ context.Context, dir, suffix string) ([]binarycache.ObjectInfo, error) {
+	p := string(d)
+	if dir != "" {
+		var err error
+		if p, err = d.path(dir); err != nil {
+			return nil, err
+		}
+	}
+	ents, err := os.ReadDir(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []binarycache.ObjectInfo
+	for _, e := range ents {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), suffix) || strings.HasPrefix(e.Name(), ".tmp-") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		out = append(out, binarycache.ObjectInfo{Key: dir + e.Name(), Size: fi.Size(), Modified: fi.ModTime()})
+	}
+	return out, nil
+}
+
+// Delete removes key's file.
+func (d Dir) Delete(_ context.Context, key string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -140,3 +140,48 @@ func TestConcurrentPushersNeverPushAPathTwiceAtOnce(t *testing.T) {
 		t.Fatalf("uploaded %d paths, want %d", len(rec.puts), len(chain))
 	}
 }
+
+// A push that died between its NAR and its narinfo left a NAR nothing names: prune removes it once
+// it is older than the cut-off, and leaves a fresh one (a push may be about to write its narinfo).
+func TestPruneRemovesOrphanedNARs(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := file.New(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := parts.AddRandom(fmt.Sprint("orphan-", time.Now().UnixNano()), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := nixstore.Daemon(parts.NixSocket).Info(ctx, []string{p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, infos[0], cache.NarOf(infos[0])); err != nil {
+		t.Fatal(err)
+	}
+	ni := readNarinfo(t, dir, p)
+	if err := os.Remove(filepath.Join(dir, strings.SplitN(filepath.Base(p), "-", 2)[0]+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	nar := filepath.Join(dir, ni.URL)
+	old := time.Now().Add(-48 * time.Hour)
+	for _, tc := range []struct {
+		name     string
+		modified time.Time
+		removed  bool
+	}{{"fresh", time.Now(), false}, {"older than the cut-off", old, true}} {
+		if err := os.Chtimes(nar, tc.modified, tc.modified); err != nil {
+			t.Fatal(err)
+		}
+		sum, err := b.Prune(ctx, cache.PruneRequest{Before: time.Now().Add(-24 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, statErr := os.Stat(nar)
+		if gone := os.IsNotExist(statErr); gone != tc.removed || sum.NARs != map[bool]int{true: 1}[tc.removed] {
+			t.Fatalf("%s orphaned NAR: removed %v (%+v), want %v", tc.name, gone, sum, tc.removed)
+		}
+	}
+}

@@ -195,6 +195,33 @@ func (b *Bucket) List(ctx context.Context, suffix string) ([]string, error) {
 	return keys, nil
 }
 
+// ListInfo returns the objects directly under prefix+dir whose keys end in suffix.
+func (b *Bucket) ListInfo(ctx context.Context, dir, suffix string) ([]binarycache.ObjectInfo, error) {
+	var out []binarycache.ObjectInfo
+	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{Bucket: &b.bucket, Prefix: aws.String(b.prefix + dir), Delimiter: aws.String("/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, b.explain("list", err)
+		}
+		for _, o := range page.Contents {
+			k := strings.TrimPrefix(aws.ToString(o.Key), b.prefix)
+			if strings.HasSuffix(k, suffix) {
+				out = append(out, binarycache.ObjectInfo{Key: k, Size: aws.ToInt64(o.Size), Modified: aws.ToTime(o.LastModified)})
+			}
+		}
+	}
+	return out, nil
+}
+
+// Delete removes key.
+func (b *Bucket) Delete(ctx context.Context, key string) error {
+	if _, err := b.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &b.bucket, Key: aws.String(b.prefix + key)}); err != nil && !notFound(err) {
+		return b.explain("delete "+key, err)
+	}
+	return nil
+}
+
 // Put uploads what r yields. Up to one part it is a single PutObject; beyond, a multipart upload
 // whose parts are read while earlier ones are sent, at most PartsInFlight at once, and which is
 // aborted — leaving nothing — when r or any part fails.

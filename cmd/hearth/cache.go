@@ -1,19 +1,24 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/open"
+	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/nixstore"
 )
@@ -93,6 +98,20 @@ func cacheCommand() *cli.Command {
 					"listing: name the store paths to check.",
 				Flags:  []cli.Flag{configFlag(), &cli.StringFlag{Name: "public-key", Usage: "the key signatures must verify with (default: the public half of the signing key, or the Attic cache's key)"}},
 				Action: verifyAction,
+			},
+			{
+				Name:  "prune",
+				Usage: "remove from the file or S3 cache what was pushed before --older-than and nothing kept needs",
+				Description: "Kept, with everything they reference: the paths pushed since, the paths waiting in the queue, and\n" +
+					"the system each deploy target runs (asked over SSH; an unreachable target stops the prune). An Attic\n" +
+					"server collects its own garbage (its [garbage-collection] settings). A path pushed while the prune runs may\n" +
+					"lose a dependency it shares with what the prune removes; the next push of a closure that needs it\n" +
+					"puts it back. Run it when pushes are few.",
+				Flags: []cli.Flag{configFlag(),
+					&cli.StringFlag{Name: "older-than", Required: true, Usage: "remove what was pushed longer ago than this: 90d, 2160h"},
+					&cli.BoolFlag{Name: "dry-run", Usage: "say what would go, and remove nothing"},
+				},
+				Action: pruneAction,
 			},
 			{
 				Name:      "keygen",
@@ -216,4 +235,84 @@ func keygenAction(c *cli.Context) error {
 	}
 	fmt.Printf("wrote %s (keep it on the runner host: signing_key_file) and %s (for trusted-public-keys): %s\n", sec, pub, k.Public())
 	return nil
+}
+
+func pruneAction(c *cli.Context) error {
+	age, err := parseAge(c.String("older-than"))
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	if cfg.Cache.Backend == "attic" {
+		return fmt.Errorf("an Attic server collects its own garbage: set its [garbage-collection] default-retention-period (hearth's NixOS module: services.hearth-attic.retention)")
+	}
+	b, err := open.Backend(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	p, ok := b.(cache.Pruner)
+	if !ok {
+		return fmt.Errorf("%s cannot be pruned by hearth", b)
+	}
+	keep, err := queuedPaths(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	d := deploy.New(cfg)
+	for _, name := range cfg.Deploy.TargetNames() {
+		current, err := d.Current(c.Context, name)
+		if err != nil {
+			return fmt.Errorf("ask %s what it runs, whose closure the prune keeps: %w (fix the target, or take it out of [deploy.targets] if it is gone)", name, err)
+		}
+		if current != "" {
+			keep = append(keep, current)
+		}
+	}
+	sum, err := p.Prune(c.Context, cache.PruneRequest{Before: time.Now().Add(-age), Keep: keep, DryRun: c.Bool("dry-run")})
+	verb := "removed"
+	if c.Bool("dry-run") {
+		verb = "would remove"
+	}
+	fmt.Printf("%s %d paths and %d NAR files (%s) from %s; %d paths stay\n", verb, sum.Paths, sum.NARs, bytesize.Format(sum.Bytes), b, sum.Kept)
+	return err
+}
+
+// queuedPaths are the outputs of the entries waiting in the queue.
+func queuedPaths(ctx context.Context, cfg *config.Config) ([]string, error) {
+	entries, _, err := open.Queue(cfg).Pending()
+	if err != nil {
+		return nil, err
+	}
+	var paths, drvs []string
+	for _, e := range entries {
+		paths = append(paths, e.Outputs...)
+		if e.Drv != "" {
+			drvs = append(drvs, e.Drv)
+		}
+	}
+	if len(drvs) > 0 {
+		outs, err := nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket).Outputs(ctx, drvs...)
+		if err != nil {
+			return nil, fmt.Errorf("the outputs of the queued derivations: %w", err)
+		}
+		paths = append(paths, outs...)
+	}
+	return paths, nil
+}
+
+// parseAge reads a duration that may be in days ("90d"), as ages of cache entries are.
+func parseAge(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n > 0 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("--older-than %q is not an age such as 90d or 2160h", s)
+	}
+	return d, nil
 }

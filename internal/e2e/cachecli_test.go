@@ -156,3 +156,80 @@ func readFile(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+// hearth cache prune removes what was pushed before --older-than and nothing kept needs: a path
+// waiting in the queue (its closure with it) stays; a dry run removes nothing; an Attic cache, a
+// bad age and a deploy target that cannot say what it runs are refused with a sentence.
+func TestCachePruneCommand(t *testing.T) {
+	d := daemonOf(t)
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n", cacheDir))
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	queued, err := d.BuildChain("prune-queued-"+nonce, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := d.AddRandom("prune-old-"+nonce, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runHearth(cfg, "cache", "push", queued[1], old); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	// Everything was pushed two days ago, as far as the cache can tell.
+	files, _ := filepath.Glob(filepath.Join(cacheDir, "*.narinfo"))
+	nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*"))
+	long := time.Now().Add(-48 * time.Hour)
+	for _, f := range append(files, nars...) {
+		if err := os.Chtimes(f, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The top of the chain waits in the queue (the watcher has not pushed it again yet).
+	hook := exec.Command(parts.Hearth, "--config", cfg, "cache", "hook")
+	hook.Env = append(os.Environ(), "OUT_PATHS="+queued[1], "DRV_PATH=")
+	if out, err := hook.CombinedOutput(); err != nil {
+		t.Fatalf("hook: %v\n%s", err, out)
+	}
+	narinfo := func(p string) string {
+		return filepath.Join(cacheDir, strings.SplitN(filepath.Base(p), "-", 2)[0]+".narinfo")
+	}
+	exists := func(p string) bool { _, err := os.Stat(narinfo(p)); return err == nil }
+
+	out, err := runHearth(cfg, "cache", "prune", "--older-than", "1d", "--dry-run")
+	if err != nil || !strings.Contains(out, "would remove 1 paths and 1 NAR files") || !strings.Contains(out, "2 paths stay") || !exists(old) {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	out, err = runHearth(cfg, "cache", "prune", "--older-than", "1d")
+	if err != nil || !strings.Contains(out, "removed 1 paths and 1 NAR files") {
+		t.Fatalf("prune: %v\n%s", err, out)
+	}
+	if exists(old) || !exists(queued[0]) || !exists(queued[1]) {
+		t.Fatalf("after the prune: old %v, queued %v %v; want only the queued closure", exists(old), exists(queued[0]), exists(queued[1]))
+	}
+
+	for _, tc := range []struct{ name, cfg, age, want string }{
+		{"a bad age", cfg, "soon", `--older-than "soon" is not an age such as 90d or 2160h`},
+		{"an Attic cache", writeCacheConfig(t, "", `backend = "attic"`, "\n[cache.attic]\nendpoint = \"http://127.0.0.1:1/\"\ncache = \"team\"\ntoken_file = \""+writeFile(t, "token", "x")+"\"\n"),
+			"1d", "collects its own garbage"},
+		{"a target that does not answer", writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n\n[deploy.targets.gone]\nhost = \"127.0.0.1\"\nport = 1\nknown_hosts_file = %q\nidentity_file = %q\nprojects = [\"7\"]\n",
+			cacheDir, writeFile(t, "known_hosts", ""), writeFile(t, "id", "x"))), "1d", "ask gone what it runs, whose closure the prune keeps"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runHearth(tc.cfg, "cache", "prune", "--older-than", tc.age)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Fatalf("%s: %v\n%s", tc.name, err, out)
+			}
+		})
+	}
+}
+
+// writeFile writes content to a new file named name in a directory of t's own, and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
