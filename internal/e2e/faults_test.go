@@ -123,6 +123,13 @@ func TestHostFaultsAreSaid(t *testing.T) {
 		d := daemonOf(t)
 		cfg := writeConfig(t, "", "")
 		nonce := fmt.Sprint("restart-", time.Now().UnixNano())
+		// The killed build leaves its build dir behind, as a daemon killed on a host would.
+		t.Cleanup(func() {
+			dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "nix-build-*"+nonce+"*"))
+			for _, d := range dirs {
+				os.RemoveAll(d)
+			}
+		})
 		var log syncBuffer
 		done := make(chan runner.Result, 1)
 		go func() {
