@@ -369,7 +369,8 @@ in
         default = null;
         example = "90d";
         description = ''
-          When set, `hearth-cache-prune.timer` runs `hearth cache prune --older-than <this>` weekly:
+          When set, `hearth-cache-prune.timer` runs `hearth cache prune --older-than <this>` at
+          `cachePrune.interval`:
           a file or S3 (B2) cache otherwise grows for ever. What queued paths and the deploy
           targets' running systems need is kept. Not for Attic, which collects its own garbage.
         '';

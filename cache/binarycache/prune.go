@@ -2,6 +2,7 @@ package binarycache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -26,8 +27,10 @@ type ObjectInfo struct {
 // req.Before, unless it is in the closure (by the narinfos' references) of a path written since,
 // or of one of req.Keep; and every NAR no narinfo left names, once it too is older than
 // req.Before. A narinfo goes before its NAR, so the cache never shows a path whose NAR is gone.
-// A push running meanwhile rewrites the NAR it needs (a fresh object, which is kept); only a
-// NAR overwritten in the moment between its check and its removal is lost.
+// It does not stop pushes: a push that runs meanwhile may find a dependency present that the
+// prune then removes (the path's closure is incomplete in the cache until a later push of a
+// closure that needs it puts it back), and a NAR a push rewrites after the NARs were listed may
+// be removed under it. Removals run several at once, to keep that time short.
 func (c *Cache) Prune(ctx context.Context, req cache.PruneRequest) (cache.PruneSummary, error) {
 	var sum cache.PruneSummary
 	listed, err := c.objects.ListInfo(ctx, "", ".narinfo")
@@ -40,6 +43,9 @@ func (c *Cache) Prune(ctx context.Context, req cache.PruneRequest) (cache.PruneS
 	for i, o := range listed {
 		g.Go(func() error {
 			r, err := c.objects.Get(gctx, o.Key)
+			if errors.Is(err, ErrNotExist) {
+				return nil // removed meanwhile (another prune)
+			}
 			if err != nil {
 				return fmt.Errorf("read %s: %w", o.Key, err)
 			}
@@ -84,6 +90,9 @@ func (c *Cache) Prune(ctx context.Context, req cache.PruneRequest) (cache.PruneS
 	for len(todo) > 0 {
 		i := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]
+		if infos[i] == nil {
+			continue
+		}
 		for _, ref := range infos[i].References {
 			h, _, _ := strings.Cut(ref, "-")
 			if j, ok := byHash[h]; ok {
@@ -93,23 +102,21 @@ func (c *Cache) Prune(ctx context.Context, req cache.PruneRequest) (cache.PruneS
 	}
 
 	named := map[string]bool{} // NARs a live narinfo names
-	for i, ni := range infos {
-		if live[i] {
-			named[ni.URL] = true
+	var doomed []string
+	for i, o := range listed {
+		switch {
+		case infos[i] == nil: // gone already
+		case live[i]:
+			named[infos[i].URL] = true
+			sum.Kept++
+		default:
+			sum.Paths++
+			sum.Bytes += o.Size
+			doomed = append(doomed, o.Key)
 		}
 	}
-	for i, o := range listed {
-		if live[i] {
-			sum.Kept++
-			continue
-		}
-		sum.Paths++
-		sum.Bytes += o.Size
-		if !req.DryRun {
-			if err := c.objects.Delete(ctx, o.Key); err != nil {
-				return sum, fmt.Errorf("delete %s: %w", o.Key, err)
-			}
-		}
+	if err := c.remove(ctx, doomed, req.DryRun); err != nil {
+		return sum, err
 	}
 	// Then the NARs no live narinfo names: those of the paths just removed, and those of pushes
 	// that never wrote their narinfo.
@@ -117,17 +124,32 @@ func (c *Cache) Prune(ctx context.Context, req cache.PruneRequest) (cache.PruneS
 	if err != nil {
 		return sum, fmt.Errorf("list the NARs of %s: %w", c, err)
 	}
+	doomed = doomed[:0]
 	for _, o := range nars {
 		if named[o.Key] || !o.Modified.Before(req.Before) || path.Dir(o.Key) != "nar" {
 			continue
 		}
 		sum.NARs++
 		sum.Bytes += o.Size
-		if !req.DryRun {
-			if err := c.objects.Delete(ctx, o.Key); err != nil {
-				return sum, fmt.Errorf("delete %s: %w", o.Key, err)
-			}
-		}
+		doomed = append(doomed, o.Key)
 	}
-	return sum, nil
+	return sum, c.remove(ctx, doomed, req.DryRun)
+}
+
+// remove deletes keys, several at once.
+func (c *Cache) remove(ctx context.Context, keys []string, dry bool) error {
+	if dry {
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for _, k := range keys {
+		g.Go(func() error {
+			if err := c.objects.Delete(gctx, k); err != nil {
+				return fmt.Errorf("delete %s: %w", k, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }

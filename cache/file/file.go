@@ -129,7 +129,9 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// ListInfo returns the files in dir (relative to the cache directory) that end in suffix.
+// ListInfo returns the files in dir (relative to the cache directory) that end in suffix. The
+// temporary files of unfinished writes are among them: a prune removes those of pushes that died,
+// once they are old.
 func (d Dir) ListInfo(_ context.Context, dir, suffix string) ([]binarycache.ObjectInfo, error) {
 	p := string(d)
 	if dir != "" {
@@ -147,7 +149,7 @@ func (d Dir) ListInfo(_ context.Context, dir, suffix string) ([]binarycache.Obje
 	}
 	var out []binarycache.ObjectInfo
 	for _, e := range ents {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), suffix) || strings.HasPrefix(e.Name(), ".tmp-") {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), suffix) {
 			continue
 		}
 		fi, err := e.Info()

@@ -277,10 +277,14 @@ func pruneAction(c *cli.Context) error {
 		verb = "would remove"
 	}
 	fmt.Printf("%s %d paths and %d NAR files (%s) from %s; %d paths stay\n", verb, sum.Paths, sum.NARs, bytesize.Format(sum.Bytes), b, sum.Kept)
+	if cfg.Cache.Backend == "s3" && !c.Bool("dry-run") && sum.Paths+sum.NARs > 0 {
+		fmt.Println("On a versioned bucket (every Backblaze B2 bucket is) a deleted file is only hidden: its bytes go, and stop being billed, when the bucket's lifecycle rule removes hidden versions (see the README).")
+	}
 	return err
 }
 
-// queuedPaths are the outputs of the entries waiting in the queue.
+// queuedPaths are the outputs of the entries waiting in the queue, with their closures in the
+// local store: what they reference may be in the cache already, and their push will need it.
 func queuedPaths(ctx context.Context, cfg *config.Config) ([]string, error) {
 	entries, _, err := open.Queue(cfg).Pending()
 	if err != nil {
@@ -293,26 +297,48 @@ func queuedPaths(ctx context.Context, cfg *config.Config) ([]string, error) {
 			drvs = append(drvs, e.Drv)
 		}
 	}
+	store := nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket)
 	if len(drvs) > 0 {
-		outs, err := nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket).Outputs(ctx, drvs...)
+		outs, err := store.Outputs(ctx, drvs...)
 		if err != nil {
 			return nil, fmt.Errorf("the outputs of the queued derivations: %w", err)
 		}
 		paths = append(paths, outs...)
 	}
-	return paths, nil
-}
-
-// parseAge reads a duration that may be in days ("90d"), as ages of cache entries are.
-func parseAge(s string) (time.Duration, error) {
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		if n, err := strconv.Atoi(days); err == nil && n > 0 {
-			return time.Duration(n) * 24 * time.Hour, nil
+	var valid []string
+	for _, p := range paths {
+		if store.Has(p) {
+			valid = append(valid, p)
 		}
 	}
+	if len(valid) == 0 {
+		return nil, nil
+	}
+	infos, err := store.Closure(ctx, valid)
+	if err != nil {
+		return nil, fmt.Errorf("the closures of the queued paths: %w", err)
+	}
+	var closure []string
+	for _, in := range infos {
+		closure = append(closure, in.Path)
+	}
+	return closure, nil
+}
+
+// parseAge reads a duration that may be in days ("90d"), as ages of cache entries are, and at least
+// a day: a shorter one would remove what a running pipeline pushed a stage ago.
+func parseAge(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		n, err = strconv.Atoi(days)
+		d = time.Duration(n) * 24 * time.Hour
+	}
 	if err != nil || d <= 0 {
 		return 0, fmt.Errorf("--older-than %q is not an age such as 90d or 2160h", s)
+	}
+	if d < 24*time.Hour {
+		return 0, fmt.Errorf("--older-than %s is less than a day: it would remove what a pipeline that is still running pushed a stage ago; give at least 1d", s)
 	}
 	return d, nil
 }

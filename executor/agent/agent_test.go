@@ -284,7 +284,7 @@ func TestProtocolVersions(t *testing.T) {
 	}
 	minProtocol = Protocol + 1
 	var out syncBuffer
-	if _, err := Run(context.Background(), sock, Request{Stage: "build_script", Script: script}, &out, time.Second); err == nil || !strings.Contains(err.Error(), "which this hearth (protocol 1) no longer speaks") {
+	if _, err := Run(context.Background(), sock, Request{Stage: "build_script", Script: script}, &out, time.Second); err == nil || !strings.Contains(err.Error(), "the job's agent speaks protocol 1, and this hearth only 2 to 1") {
 		t.Fatalf("a driver newer than the agent: %v", err)
 	}
 	if _, err := os.Stat(marker); err == nil {

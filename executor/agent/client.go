@@ -82,7 +82,7 @@ func Run(ctx context.Context, socket string, req Request, out io.Writer, grace t
 		return 0, err
 	}
 	if st.Protocol < minProtocol {
-		return 0, fmt.Errorf("the job's agent speaks protocol %d, which this hearth (protocol %d) no longer speaks: the job was prepared before hearth was upgraded; run it again", st.Protocol, Protocol)
+		return 0, fmt.Errorf("the job's agent speaks protocol %d, and this hearth only %d to %d: the job was prepared before hearth was upgraded; run it again", st.Protocol, minProtocol, Protocol)
 	}
 	conn, err := dial(dctx, socket)
 	if err != nil {

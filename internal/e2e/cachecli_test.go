@@ -177,13 +177,32 @@ func TestCachePruneCommand(t *testing.T) {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
 	// Everything was pushed two days ago, as far as the cache can tell.
-	files, _ := filepath.Glob(filepath.Join(cacheDir, "*.narinfo"))
-	nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*"))
 	long := time.Now().Add(-48 * time.Hour)
-	for _, f := range append(files, nars...) {
-		if err := os.Chtimes(f, long, long); err != nil {
-			t.Fatal(err)
+	age := func() {
+		files, _ := filepath.Glob(filepath.Join(cacheDir, "*.narinfo"))
+		nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*"))
+		for _, f := range append(files, nars...) {
+			if err := os.Chtimes(f, long, long); err != nil {
+				t.Fatal(err)
+			}
 		}
+	}
+	age()
+	// Then a chain whose top alone is recent: what it references stays, however old.
+	recent, err := d.BuildChain("prune-recent-"+nonce, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runHearth(cfg, "cache", "push", recent[1]); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	age()
+	if out, err := runHearth(cfg, "cache", "push", recent[2]); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	countNars := func() int {
+		nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*"))
+		return len(nars)
 	}
 	// The top of the chain waits in the queue (the watcher has not pushed it again yet).
 	hook := exec.Command(parts.Hearth, "--config", cfg, "cache", "hook")
@@ -196,20 +215,27 @@ func TestCachePruneCommand(t *testing.T) {
 	}
 	exists := func(p string) bool { _, err := os.Stat(narinfo(p)); return err == nil }
 
+	nars := countNars()
 	out, err := runHearth(cfg, "cache", "prune", "--older-than", "1d", "--dry-run")
-	if err != nil || !strings.Contains(out, "would remove 1 paths and 1 NAR files") || !strings.Contains(out, "2 paths stay") || !exists(old) {
+	if err != nil || !strings.Contains(out, "would remove 1 paths and 1 NAR files") || !strings.Contains(out, "5 paths stay") || !exists(old) || countNars() != nars {
 		t.Fatalf("dry run: %v\n%s", err, out)
 	}
 	out, err = runHearth(cfg, "cache", "prune", "--older-than", "1d")
 	if err != nil || !strings.Contains(out, "removed 1 paths and 1 NAR files") {
 		t.Fatalf("prune: %v\n%s", err, out)
 	}
-	if exists(old) || !exists(queued[0]) || !exists(queued[1]) {
-		t.Fatalf("after the prune: old %v, queued %v %v; want only the queued closure", exists(old), exists(queued[0]), exists(queued[1]))
+	for _, p := range append(append([]string{}, queued...), recent...) {
+		if !exists(p) {
+			t.Fatalf("the prune removed %s, which a queued or recent path needs", p)
+		}
+	}
+	if exists(old) || countNars() != nars-1 {
+		t.Fatalf("the prune kept %s (%d NARs of %d)", old, countNars(), nars)
 	}
 
 	for _, tc := range []struct{ name, cfg, age, want string }{
 		{"a bad age", cfg, "soon", `--older-than "soon" is not an age such as 90d or 2160h`},
+		{"an age under a day", cfg, "1h", "--older-than 1h is less than a day"},
 		{"an Attic cache", writeCacheConfig(t, "", `backend = "attic"`, "\n[cache.attic]\nendpoint = \"http://127.0.0.1:1/\"\ncache = \"team\"\ntoken_file = \""+writeFile(t, "token", "x")+"\"\n"),
 			"1d", "collects its own garbage"},
 		{"a target that does not answer", writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n\n[deploy.targets.gone]\nhost = \"127.0.0.1\"\nport = 1\nknown_hosts_file = %q\nidentity_file = %q\nprojects = [\"7\"]\n",

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,11 +11,13 @@ import (
 	"testing"
 
 	"github.com/hearth-ci/hearth/internal/testenv"
+	"github.com/hearth-ci/hearth/jobcontainer"
 	"github.com/hearth-ci/hearth/runner"
 )
 
-// beforeVersions is the last commit whose agent and driver stated no protocol version.
-const beforeVersions = "8805cfa"
+// beforeVersions is the last commit whose agent and driver stated no protocol version (protocol
+// 0). When the protocol changes, add the commit before the change.
+const beforeVersions = "8805cfaebf52742925c92a1bc9206b175c9611be"
 
 // oldHearth builds hearth as it was at rev, from this checkout's history.
 func oldHearth(t *testing.T, rev string) string {
@@ -33,7 +37,7 @@ func oldHearth(t *testing.T, rev string) string {
 		t.Fatalf("git worktree add: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("git", "-C", root, "worktree", "remove", "--force", src).Run() })
-	bin := filepath.Join(parts.Dir, "build", "hearth-"+rev)
+	bin := filepath.Join(parts.Dir, "build", "hearth-"+rev[:12])
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/hearth")
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -49,8 +53,16 @@ func oldHearth(t *testing.T, rev string) string {
 // their output.
 func TestUpgradeWithJobsInFlight(t *testing.T) {
 	old := oldHearth(t, beforeVersions)
+	sum := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%x", sha256.Sum256(b))
+	}
 	cfg := writeConfig(t, "", "")
-	src := "j:\n  script:\n    - echo stage-ran-in-$(cat /proc/1/comm)\n"
+	// The stage names the agent it runs under: the binary prepare mounted as the container's PID 1.
+	src := "j:\n  script:\n    - echo agent-$(sha256sum " + jobcontainer.AgentBinary + " | cut -d' ' -f1)\n"
 	for _, tc := range []struct{ name, prepare, run string }{
 		{"old agent, new driver", old, parts.Hearth},
 		{"new agent, old driver", parts.Hearth, old},
@@ -63,8 +75,8 @@ func TestUpgradeWithJobsInFlight(t *testing.T) {
 			opts.Custom.Run.Exec = tc.run
 			opts.Custom.Cleanup.Exec = tc.run
 			res := runner.New(opts).Run(context.Background())
-			if res.State != "success" || !strings.Contains(log.String(), "\nstage-ran-in-") {
-				t.Fatalf("%s\n%s", res, log.String())
+			if res.State != "success" || !strings.Contains(log.String(), "\nagent-"+sum(tc.prepare)+"\n") {
+				t.Fatalf("%s, want the stage run by the agent %s prepared\n%s", res, tc.prepare, log.String())
 			}
 		})
 	}
