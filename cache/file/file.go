@@ -101,16 +101,14 @@ func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
 }
 
 // List returns the keys in the top directory that end in suffix.
-func (d Dir) List(_ context.Context, suffix string) ([]string, error) {
-	ents, err := os.ReadDir(string(d))
+func (d Dir) List(ctx context.Context, suffix string) ([]string, error) {
+	objs, err := d.ListInfo(ctx, "", suffix)
 	if err != nil {
 		return nil, err
 	}
-	var keys []string
-	for _, e := range ents {
-		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) {
-			keys = append(keys, e.Name())
-		}
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
 	}
 	return keys, nil
 }
@@ -141,8 +139,8 @@ func (d Dir) ListInfo(_ context.Context, dir, suffix string) ([]binarycache.Obje
 		}
 	}
 	ents, err := os.ReadDir(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	if errors.Is(err, fs.ErrNotExist) && dir != "" {
+		return nil, nil // a cache with no NARs yet
 	}
 	if err != nil {
 		return nil, err

@@ -178,19 +178,13 @@ func (b *Bucket) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // List returns the keys directly under the prefix that end in suffix.
 func (b *Bucket) List(ctx context.Context, suffix string) ([]string, error) {
-	var keys []string
-	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{Bucket: &b.bucket, Prefix: aws.String(b.prefix), Delimiter: aws.String("/")})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, b.explain("list", err)
-		}
-		for _, o := range page.Contents {
-			k := strings.TrimPrefix(aws.ToString(o.Key), b.prefix)
-			if strings.HasSuffix(k, suffix) {
-				keys = append(keys, k)
-			}
-		}
+	objs, err := b.ListInfo(ctx, "", suffix)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
 	}
 	return keys, nil
 }
