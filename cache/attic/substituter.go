@@ -79,10 +79,6 @@ var errReadOnly = errors.New("an Attic cache is written through its API, not as 
 
 func (s substituter) Put(context.Context, string, io.Reader, string) error { return errReadOnly }
 
-func (s substituter) List(context.Context, string) ([]string, error) {
-	return nil, errors.New("an Attic server cannot list its narinfos")
-}
-
 func (s substituter) ListInfo(context.Context, string, string) ([]binarycache.ObjectInfo, error) {
 	return nil, errors.New("an Attic server cannot list its narinfos")
 }

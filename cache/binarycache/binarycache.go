@@ -32,8 +32,6 @@ type Objects interface {
 	Put(ctx context.Context, key string, r io.Reader, contentType string) error
 	// Get opens key; an absent key is an error that satisfies errors.Is(err, ErrNotExist).
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
-	// List returns the keys that end in suffix.
-	List(ctx context.Context, suffix string) ([]string, error)
 	// ListInfo returns the objects directly in dir ("" or "nar/") whose keys end in suffix, with
 	// their sizes and when they were written.
 	ListInfo(ctx context.Context, dir, suffix string) ([]ObjectInfo, error)

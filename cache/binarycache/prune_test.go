@@ -32,7 +32,6 @@ func (m *memory) Get(_ context.Context, key string) (io.ReadCloser, error) {
 	}
 	return io.NopCloser(strings.NewReader(m.data[key])), nil
 }
-func (m *memory) List(context.Context, string) ([]string, error) { return nil, nil }
 func (m *memory) ListInfo(_ context.Context, dir, suffix string) ([]ObjectInfo, error) {
 	var out []ObjectInfo
 	for k, o := range m.objects {

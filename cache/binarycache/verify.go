@@ -41,9 +41,12 @@ func (c *Cache) Verify(ctx context.Context, pub *signing.PublicKey, storePaths [
 		keys = append(keys, h+".narinfo")
 	}
 	if len(storePaths) == 0 {
-		var err error
-		if keys, err = c.objects.List(ctx, ".narinfo"); err != nil {
+		objs, err := c.objects.ListInfo(ctx, "", ".narinfo")
+		if err != nil {
 			return v, fmt.Errorf("list narinfos: %w", err)
+		}
+		for _, o := range objs {
+			keys = append(keys, o.Key)
 		}
 	}
 	sort.Strings(keys)

@@ -100,19 +100,6 @@ func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
 	return f, err
 }
 
-// List returns the keys in the top directory that end in suffix.
-func (d Dir) List(ctx context.Context, suffix string) ([]string, error) {
-	objs, err := d.ListInfo(ctx, "", suffix)
-	if err != nil {
-		return nil, err
-	}
-	keys := make([]string, len(objs))
-	for i, o := range objs {
-		keys[i] = o.Key
-	}
-	return keys, nil
-}
-
 // ctxReader stops a copy when its context ends: a cancelled push does not finish writing a large
 // NAR first.
 type ctxReader struct {

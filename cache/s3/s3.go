@@ -176,19 +176,6 @@ func (b *Bucket) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return out.Body, nil
 }
 
-// List returns the keys directly under the prefix that end in suffix.
-func (b *Bucket) List(ctx context.Context, suffix string) ([]string, error) {
-	objs, err := b.ListInfo(ctx, "", suffix)
-	if err != nil {
-		return nil, err
-	}
-	keys := make([]string, len(objs))
-	for i, o := range objs {
-		keys[i] = o.Key
-	}
-	return keys, nil
-}
-
 // ListInfo returns the objects directly under prefix+dir whose keys end in suffix.
 func (b *Bucket) ListInfo(ctx context.Context, dir, suffix string) ([]binarycache.ObjectInfo, error) {
 	var out []binarycache.ObjectInfo
