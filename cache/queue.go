@@ -318,15 +318,20 @@ func (b *Batch) Release() {
 	b.files = nil
 }
 
-// Pending lists the entries waiting in the queue, oldest first, with when each was queued; it
-// takes no locks (for reports: an entry may be pushed while it is read).
-func (q Queue) Pending() ([]Entry, []time.Time, error) {
+// Waiting is an entry in the queue and when it was queued.
+type Waiting struct {
+	Entry
+	Since time.Time
+}
+
+// Pending lists the entries waiting in the queue, oldest first; it takes no locks (for reports:
+// an entry may be pushed while it is read).
+func (q Queue) Pending() ([]Waiting, error) {
 	paths, err := q.entryPaths()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var entries []Entry
-	var times []time.Time
+	var waiting []Waiting
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
@@ -338,21 +343,8 @@ func (q Queue) Pending() ([]Entry, []time.Time, error) {
 		if err != nil || serr != nil {
 			continue
 		}
-		entries = append(entries, e)
-		times = append(times, fi.ModTime())
+		waiting = append(waiting, Waiting{Entry: e, Since: fi.ModTime()})
 	}
-	sort.Sort(byTime{entries, times})
-	return entries, times, nil
-}
-
-type byTime struct {
-	e []Entry
-	t []time.Time
-}
-
-func (b byTime) Len() int           { return len(b.e) }
-func (b byTime) Less(i, j int) bool { return b.t[i].Before(b.t[j]) }
-func (b byTime) Swap(i, j int) {
-	b.e[i], b.e[j] = b.e[j], b.e[i]
-	b.t[i], b.t[j] = b.t[j], b.t[i]
+	sort.SliceStable(waiting, func(i, j int) bool { return waiting[i].Since.Before(waiting[j].Since) })
+	return waiting, nil
 }

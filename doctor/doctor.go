@@ -293,7 +293,7 @@ func (d *Doctor) hook(ctx context.Context, name string, t config.Tier, probe str
 // isQueued says whether an entry waiting in the queue names the probe: by its output, or by its
 // derivation (Nix 2.8 gives the hook the derivation only).
 func (d *Doctor) isQueued(probe string) (bool, error) {
-	entries, _, err := open.Queue(d.Config).Pending()
+	entries, err := open.Queue(d.Config).Pending()
 	if err != nil {
 		return false, err
 	}
@@ -366,12 +366,12 @@ func (d *Doctor) queue(ctx context.Context, probe string, queued bool) []Result 
 func (d *Doctor) watch(ctx context.Context, probe string, queued bool) Result {
 	const check = "cache watch"
 	const fix = "start `hearth cache watch` (hearth-cache-watch.service), and see its log for push errors"
-	entries, times, err := open.Queue(d.Config).Pending()
+	entries, err := open.Queue(d.Config).Pending()
 	if err != nil {
 		return bad(check, err.Error(), "check [cache] queue_dir")
 	}
-	if len(entries) > 0 && time.Since(times[0]) > 10*time.Minute {
-		return bad(check, fmt.Sprintf("%s queued, the oldest for %s", entriesOf(len(entries)), time.Since(times[0]).Round(time.Second)), fix)
+	if len(entries) > 0 && time.Since(entries[0].Since) > 10*time.Minute {
+		return bad(check, fmt.Sprintf("%s queued, the oldest for %s", entriesOf(len(entries)), time.Since(entries[0].Since).Round(time.Second)), fix)
 	}
 	if !queued {
 		return ok(check, fmt.Sprintf("%s queued, none for more than 10 minutes (no probe to follow)", entriesOf(len(entries))))

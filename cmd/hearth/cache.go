@@ -286,7 +286,7 @@ func pruneAction(c *cli.Context) error {
 // queuedPaths are the outputs of the entries waiting in the queue, with their closures in the
 // local store: what they reference may be in the cache already, and their push will need it.
 func queuedPaths(ctx context.Context, cfg *config.Config) ([]string, error) {
-	entries, _, err := open.Queue(cfg).Pending()
+	entries, err := open.Queue(cfg).Pending()
 	if err != nil {
 		return nil, err
 	}
