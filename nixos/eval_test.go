@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,7 +137,7 @@ func hearthConfig(t *testing.T, e evaluation) (*config.Config, string) {
 	t.Helper()
 	f, ok := e.Etc["hearth/config.toml"]
 	if !ok {
-		t.Fatalf("no environment.etc.\"hearth/config.toml\"; etc has %v", keys(e.Etc))
+		t.Fatalf("no environment.etc.\"hearth/config.toml\"; etc has %v", slices.Sorted(maps.Keys(e.Etc)))
 	}
 	dec := json.NewDecoder(bytes.NewReader(f.Value))
 	dec.UseNumber()
@@ -175,23 +177,6 @@ func integers(v any) any {
 	return v
 }
 
-func keys[V any](m map[string]V) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	return ks
-}
-
-func contains(list []string, s string) bool {
-	for _, e := range list {
-		if e == s {
-			return true
-		}
-	}
-	return false
-}
-
 // A minimal runner host: it evaluates with no failed assertion, renders a config hearth accepts
 // (two trust tiers, the default environment under the image names Nix pipelines use), and makes
 // the units intended.
@@ -228,13 +213,13 @@ func TestRunnerModule(t *testing.T) {
 	}
 
 	watch := e.Services["hearth-cache-watch"]
-	if watch.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-hearth/bin/hearth --config /etc/hearth/config.toml cache watch" || watch.ServiceConfig["Restart"] != "on-failure" || !contains(watch.WantedBy, "multi-user.target") {
+	if watch.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-hearth/bin/hearth --config /etc/hearth/config.toml cache watch" || watch.ServiceConfig["Restart"] != "on-failure" || !slices.Contains(watch.WantedBy, "multi-user.target") {
 		t.Errorf("hearth-cache-watch: %+v", watch)
 	}
 	if gc := e.Services["hearth-gc"]; gc.ServiceConfig["Type"] != "oneshot" || !strings.HasSuffix(fmt.Sprint(gc.ServiceConfig["ExecStart"]), " gc") {
 		t.Errorf("hearth-gc: %+v", gc)
 	}
-	if tm := e.Timers["hearth-gc"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnUnitActiveSec"] != "10min" {
+	if tm := e.Timers["hearth-gc"]; !slices.Contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnUnitActiveSec"] != "10min" {
 		t.Errorf("hearth-gc.timer: %+v", tm)
 	}
 	// Each tier's store is collected when its disk runs low, through its own daemon.
@@ -250,20 +235,20 @@ func TestRunnerModule(t *testing.T) {
 	if out, err := exec.Command("bash", "-n", "-c", sg.Script).CombinedOutput(); err != nil {
 		t.Errorf("hearth-store-gc's script is not valid bash: %v\n%s", err, out)
 	}
-	if tm := e.Timers["hearth-store-gc"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "hourly" {
+	if tm := e.Timers["hearth-store-gc"]; !slices.Contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "hourly" {
 		t.Errorf("hearth-store-gc.timer: %+v", tm)
 	}
 	un := e.Services["hearth-nix-unprotected"]
 	if un.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-nix/bin/nix-daemon --store /var/lib/hearth/unprotected" ||
 		un.Environment["NIX_CONF_DIR"] != "/etc/hearth/nix-unprotected" || un.Environment["NIX_DAEMON_SOCKET_PATH"] != "/run/hearth-unprotected/daemon-socket/socket" ||
-		!contains(un.Before, "gitlab-runner.service") {
+		!slices.Contains(un.Before, "gitlab-runner.service") {
 		t.Errorf("hearth-nix-unprotected: %+v", un)
 	}
 	conf := e.Etc["hearth/nix-unprotected/nix.conf"].Text
 	if conf == nil || !strings.Contains(*conf, "build-users-group = hearth-nixbld\n") || strings.Contains(*conf, "post-build-hook") {
 		t.Errorf("the unprotected tier's nix.conf: %v", conf)
 	}
-	if u := e.Users["hearth-nixbld1"]; !u.IsSystemUser || u.Group != "hearth-nixbld" || !contains(e.Groups, "hearth-nixbld") {
+	if u := e.Users["hearth-nixbld1"]; !u.IsSystemUser || u.Group != "hearth-nixbld" || !slices.Contains(e.Groups, "hearth-nixbld") {
 		t.Errorf("the unprotected tier's build users: %+v, groups %v", u, e.Groups)
 	}
 	for _, name := range []string{"nix-daemon", "hearth-nix-unprotected"} {
@@ -303,7 +288,7 @@ func TestRunnerModule(t *testing.T) {
 		t.Errorf("without systemd-resolved the daemon's filter allows %v", allow)
 	}
 	runnerUnit := e.Services["gitlab-runner"]
-	if runnerUnit.ServiceConfig["DynamicUser"] != false || runnerUnit.ServiceConfig["User"] != "root" || !contains(runnerUnit.After, "containerd.service") || !contains(runnerUnit.After, "hearth-nix-unprotected.service") {
+	if runnerUnit.ServiceConfig["DynamicUser"] != false || runnerUnit.ServiceConfig["User"] != "root" || !slices.Contains(runnerUnit.After, "containerd.service") || !slices.Contains(runnerUnit.After, "hearth-nix-unprotected.service") {
 		t.Errorf("gitlab-runner.service: %+v", runnerUnit)
 	}
 	for _, dir := range []string{"/var/lib/hearth/builds", "/var/lib/hearth/cache", "/run/hearth", "/var/lib/hearth/queue", "/var/lib/hearth/unprotected"} {
@@ -387,7 +372,7 @@ func TestRunnerModuleSettings(t *testing.T) {
 	if pr := e.Services["hearth-cache-prune"]; pr.ServiceConfig["ExecStart"] != "/nix/store/00000000000000000000000000000000-hearth/bin/hearth --config /etc/hearth/config.toml cache prune --older-than 90d" {
 		t.Errorf("hearth-cache-prune: %+v", pr)
 	}
-	if tm := e.Timers["hearth-cache-prune"]; !contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "weekly" {
+	if tm := e.Timers["hearth-cache-prune"]; !slices.Contains(tm.WantedBy, "timers.target") || tm.TimerConfig["OnCalendar"] != "weekly" {
 		t.Errorf("hearth-cache-prune.timer: %+v", tm)
 	}
 }
@@ -490,7 +475,7 @@ func TestAtticServerModule(t *testing.T) {
 		} `json:"ensureUsers"`
 	}
 	json.Unmarshal(e.Postgresql, &pg)
-	if !pg.Enable || !contains(pg.EnsureDatabases, "atticd") || len(pg.EnsureUsers) != 1 || pg.EnsureUsers[0].Name != "atticd" || !pg.EnsureUsers[0].EnsureDBOwnership {
+	if !pg.Enable || !slices.Contains(pg.EnsureDatabases, "atticd") || len(pg.EnsureUsers) != 1 || pg.EnsureUsers[0].Name != "atticd" || !pg.EnsureUsers[0].EnsureDBOwnership {
 		t.Errorf("services.postgresql: %s", e.Postgresql)
 	}
 	var ng struct {
@@ -536,7 +521,7 @@ func TestDeployTargetModule(t *testing.T) {
 	if !strings.Contains(string(root.NixSettings["substituters"]), "https://attic.example.com/team") || !strings.Contains(string(root.NixSettings["trusted-public-keys"]), "team:AAAA") {
 		t.Errorf("nix.settings: %v", root.NixSettings)
 	}
-	if u := root.Users["root"]; !contains(u.Keys, "ssh-ed25519 AAAA hearth") {
+	if u := root.Users["root"]; !slices.Contains(u.Keys, "ssh-ed25519 AAAA hearth") {
 		t.Errorf("root's authorized keys: %+v", u)
 	}
 	if !strings.Contains(string(root.Openssh), `"enable":true`) || !strings.Contains(string(root.Openssh), `"PermitRootLogin":"prohibit-password"`) {
@@ -550,7 +535,7 @@ func TestDeployTargetModule(t *testing.T) {
 	if len(user.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", user.Failed)
 	}
-	if u := user.Users["deploy"]; !u.IsSystemUser || !contains(u.Keys, "ssh-ed25519 AAAA hearth") {
+	if u := user.Users["deploy"]; !u.IsSystemUser || !slices.Contains(u.Keys, "ssh-ed25519 AAAA hearth") {
 		t.Errorf("the deploy user: %+v", u)
 	}
 	if _, ok := user.Users["root"]; ok && len(user.Users["root"].Keys) != 0 {
@@ -566,10 +551,10 @@ func TestDeployTargetModule(t *testing.T) {
 	}
 	json.Unmarshal(user.Sudo, &rules)
 	if len(rules) != 1 || len(rules[0].Commands) != 1 || rules[0].Users[0] != "deploy" || rules[0].RunAs != "root" ||
-		rules[0].Commands[0].Command != "/nix/store/00000000000000000000000000000000-hearth-deploy-target/bin/hearth-deploy-target" || !contains(rules[0].Commands[0].Options, "NOPASSWD") {
+		rules[0].Commands[0].Command != "/nix/store/00000000000000000000000000000000-hearth-deploy-target/bin/hearth-deploy-target" || !slices.Contains(rules[0].Commands[0].Options, "NOPASSWD") {
 		t.Errorf("the sudo rule: %s", user.Sudo)
 	}
-	if !contains(user.SystemPackages, "/nix/store/00000000000000000000000000000000-hearth-deploy-target") {
+	if !slices.Contains(user.SystemPackages, "/nix/store/00000000000000000000000000000000-hearth-deploy-target") {
 		t.Errorf("hearth-deploy-target is not installed: %v", user.SystemPackages)
 	}
 	if string(user.NixSettings["netrc-file"]) != `"/run/secrets/netrc"` {
