@@ -18,7 +18,7 @@
 
       # The hash of what `go mod vendor` makes from go.mod and go.sum. nixos/flake_test.go computes
       # it and fails, naming the right value, when this one is stale.
-      vendorHash = "sha256-EybscyQaju2NC6HfkgmQGMao+h2UlliM6Poa8obA9FY=";
+      vendorHash = "sha256-cJektm34Nbv+/QUteFhnEaH/cT51Zg3wNT6v3ekj4Ic=";
 
       hearthFor =
         pkgs:

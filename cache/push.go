@@ -39,6 +39,23 @@ type Pusher struct {
 	Progress func(Progress)
 	// Pushed, when set, is called after each uploaded path.
 	Pushed func(info nixstore.PathInfo, st Stats)
+	// Meter, when set, counts uploads and failures for the operators' metrics.
+	Meter Meter
+}
+
+// Meter counts what pushes do, for the operators' metrics. Unlike Pushed, which a caller sets for
+// one push, it stays with the Pusher.
+type Meter interface {
+	// Uploaded is called after each path uploaded.
+	Uploaded(st Stats)
+	// Failed is called for each upload that failed, and each question to the cache that failed.
+	Failed(err error)
+}
+
+func (p *Pusher) failed(err error) {
+	if p.Meter != nil {
+		p.Meter.Failed(err)
+	}
 }
 
 // Progress is where a push stands.
@@ -92,6 +109,7 @@ func (p *Pusher) Push(ctx context.Context, paths []string, scope Scope) (Summary
 	sum.Paths = len(infos)
 	missing, err := p.Backend.Missing(ctx, infos)
 	if err != nil {
+		p.failed(err)
 		return sum, fmt.Errorf("ask %s which paths it lacks: %w", p.Backend, err)
 	}
 	isMissing := make(map[string]bool, len(missing))
@@ -222,6 +240,11 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 						if p.Pushed != nil {
 							p.Pushed(in, st)
 						}
+						if p.Meter != nil {
+							p.Meter.Uploaded(st)
+						}
+					} else if res.err != nil {
+						p.failed(res.err)
 					}
 				case <-cancelled:
 					res.err = fmt.Errorf("%s: not pushed: stopped while it waited for an upload slot: %w", in.Path, ctx.Err())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -23,11 +24,17 @@ func TestPushOrderAndFailures(t *testing.T) {
 	backend.held[held] = true
 	broken := errors.New("the server answered 500")
 	backend.fail[b] = broken
-	p := &Pusher{Backend: backend, Store: store, Uploads: 3}
+	m := &fakeMeter{}
+	p := &Pusher{Backend: backend, Store: store, Uploads: 3, Meter: m}
 
 	sum, err := p.Push(context.Background(), []string{c, d, top}, Closures)
 	if !errors.Is(err, broken) || !strings.Contains(err.Error(), "2 paths were not pushed") {
 		t.Fatalf("error %v, want the failure of %s and of %s, which references it", err, b, c)
+	}
+	// The meter counts uploads, and the one upload that failed: c, never tried, is not a failure
+	// of the cache.
+	if m.uploaded != 3 || m.bytes != 300 || len(m.failed) != 1 || !errors.Is(m.failed[0], broken) {
+		t.Fatalf("meter: %d uploads of %d bytes, failures %v", m.uploaded, m.bytes, m.failed)
 	}
 	up := backend.uploads()
 	if len(up) != 3 || slices.Index(up, a) > slices.Index(up, d) || backend.has(b) || backend.has(c) || !backend.has(d) || !backend.has(top) {
@@ -94,4 +101,24 @@ func TestPushCancelled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q: want it to say %q", err, want)
 	}
+}
+
+type fakeMeter struct {
+	mu       sync.Mutex
+	uploaded int
+	bytes    int64
+	failed   []error
+}
+
+func (m *fakeMeter) Uploaded(st Stats) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.uploaded++
+	m.bytes += st.NarBytes
+}
+
+func (m *fakeMeter) Failed(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failed = append(m.failed, err)
 }

@@ -29,6 +29,7 @@ type Config struct {
 	Environments map[string]Environment `toml:"environments"`
 	Cache        Cache                  `toml:"cache"`
 	Deploy       Deploy                 `toml:"deploy"`
+	Metrics      Metrics                `toml:"metrics"`
 }
 
 // Containerd says which containerd daemon runs the job containers.
@@ -135,6 +136,13 @@ type AtticCache struct {
 	Endpoint  string `toml:"endpoint"`
 	Cache     string `toml:"cache"`
 	TokenFile string `toml:"token_file"`
+}
+
+// Metrics says where `hearth cache watch` serves Prometheus metrics. With Listen empty there are
+// none, and the driver's stages record nothing.
+type Metrics struct {
+	// Listen is the address of the HTTP listener, e.g. "127.0.0.1:9863".
+	Listen string `toml:"listen"`
 }
 
 // Mount is one parsed entry of Environment.Mounts.

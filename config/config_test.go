@@ -38,6 +38,8 @@ func TestParseErrors(t *testing.T) {
 		{"both kinds", minimal + "image = \"alpine\"\n", `environments\.default: set store_path or image, not both`},
 		{"neither kind", "[environments.default]\nmounts = []\n", `set store_path .* or image`},
 		{"not a store path", "[environments.default]\nstore_path = \"/usr\"\n", `"/usr" is not a path directly under /nix/store`},
+		{"metrics without a port", "[metrics]\nlisten = \"localhost\"\n" + minimal, `line 2: metrics\.listen = "localhost": must be an IP address and a port`},
+		{"metrics on a name", "[metrics]\nlisten = \"localhost:9863\"\n" + minimal, `metrics\.listen = "localhost:9863": must be an IP address and a port`},
 		{"bad mount", minimal + "mounts = [\"relative:/x\"]\n", `mount "relative:/x": write it as`},
 		{"mount over hearth's", minimal + "mounts = [\"/srv:/nix\"]\n", `/nix/store is managed by hearth`},
 	}

@@ -80,7 +80,20 @@ func (c *Config) validate(src []byte, md toml.MetaData) error {
 	if err := c.Cache.validate(at); err != nil {
 		return err
 	}
+	if err := c.Metrics.validate(at); err != nil {
+		return err
+	}
 	return c.Deploy.validate(at)
+}
+
+func (m Metrics) validate(at func(key ...string) string) error {
+	if m.Listen == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddrPort(m.Listen); err != nil {
+		return fmt.Errorf("%s = %q: must be an IP address and a port, e.g. \"127.0.0.1:9863\" (%v)", at("metrics", "listen"), m.Listen, err)
+	}
+	return nil
 }
 
 // CacheBackends are the values [cache] backend may take.

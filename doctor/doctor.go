@@ -2,8 +2,8 @@
 // wrong, probing where it can rather than reading files: it connects to containerd and to each
 // tier's nix-daemon, builds a tiny derivation in each tier to see the sandbox and the
 // post-build-hook at work, asks each daemon as a job's uid whether it trusts it, pushes the probe
-// to the cache, logs in to each deploy target, and puts a network namespace on the jobs' bridge to
-// try the host's addresses from it.
+// to the cache, scrapes the watcher's metrics, logs in to each deploy target, and puts a network
+// namespace on the jobs' bridge to try the host's addresses from it.
 package doctor
 
 import (
@@ -12,11 +12,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -56,6 +59,8 @@ type Doctor struct {
 	// WatchWait is how long the doctor waits for `hearth cache watch` to push its probe (default
 	// 10 s; the watcher looks at the queue every second).
 	WatchWait time.Duration
+	// Version is this hearth's, which the watcher serving the metrics should run too.
+	Version string
 }
 
 func ok(check, detail string) Result { return Result{Check: check, OK: true, Detail: detail} }
@@ -95,6 +100,7 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 		}
 	}
 	rs = append(rs, d.queue(ctx, probe, queued)...)
+	rs = append(rs, d.metrics(ctx))
 	rs = append(rs, d.cache(ctx, probe)...)
 	for _, name := range cfg.Deploy.TargetNames() {
 		rs = append(rs, d.target(ctx, name))
@@ -398,6 +404,44 @@ func (d *Doctor) watch(ctx context.Context, probe string, queued bool) Result {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// buildInfo finds the version the metrics' hearth_build_info names.
+var buildInfo = regexp.MustCompile(`(?m)^hearth_build_info\{version="([^"]*)"\} 1$`)
+
+// metrics scrapes the watcher's listener, as Prometheus would, and compares the hearth it runs
+// with this one: after an upgrade, a watcher not restarted still runs the old one.
+func (d *Doctor) metrics(ctx context.Context) Result {
+	const check = "metrics"
+	listen := d.Config.Metrics.Listen
+	if listen == "" {
+		return ok(check, "off ([metrics] listen is empty): driver stages record nothing")
+	}
+	url := "http://" + listen + "/metrics"
+	fix := "start `hearth cache watch` (hearth-cache-watch.service), which serves them on [metrics] listen, and see its log"
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return bad(check, err.Error(), "check [metrics] listen")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return bad(check, fmt.Sprintf("nothing serves %s: %v", url, err), fix)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return bad(check, fmt.Sprintf("%s answered %s (%v)", url, resp.Status, err), fix)
+	}
+	m := buildInfo.FindSubmatch(body)
+	if m == nil {
+		return bad(check, url+" serves no hearth_build_info: is that port hearth's?", "give [metrics] listen a port nothing else uses")
+	}
+	if v := string(m[1]); d.Version != "" && v != d.Version {
+		return bad(check, fmt.Sprintf("%s is served by hearth %s, and this is hearth %s", url, v, d.Version), "restart hearth-cache-watch.service, which still runs the hearth from before the upgrade")
+	}
+	return ok(check, fmt.Sprintf("served on %s by hearth %s", url, m[1]))
 }
 
 // cache opens the cache, pushes the probe to it (which shows hearth may write there), and checks

@@ -183,6 +183,7 @@ func (d *Driver) deploys(ctx context.Context, p *Payload) error {
 		todo = append(todo, deploy.Request{Target: r.target, Path: r.path})
 	}
 	if len(refused) > 0 {
+		d.recordRefused(asked)
 		for _, r := range refused {
 			fmt.Fprintln(d.Stdout, "refused: "+r)
 		}
@@ -208,6 +209,7 @@ func (d *Driver) deploys(ctx context.Context, p *Payload) error {
 	start := time.Now()
 	results := d.OpenDeployer(d.origin(p), logLine).Run(ctx, todo)
 	end()
+	d.recordDeploys(results)
 	return d.reportDeploys(results, time.Since(start))
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/deploy"
+	"github.com/hearth-ci/hearth/metrics"
 	"github.com/hearth-ci/hearth/nixstore"
 	"golang.org/x/sys/unix"
 )
@@ -160,6 +161,8 @@ func TestDeployRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var project string
 			j, fd := deployJob(t, tc.protected, func(p string) { project = p; tc.leave(t, p) })
+			rec := &fakeRecorder{}
+			j.driver.Metrics = rec
 			err := j.run(t, "step_script")
 			var f *Failure
 			if !errors.As(err, &f) || f.Kind != BuildFailure {
@@ -167,6 +170,9 @@ func TestDeployRefused(t *testing.T) {
 			}
 			if len(fd.got) != 0 {
 				t.Fatalf("deployed %v", fd.got)
+			}
+			if len(rec.events) != 1 || rec.events[0].Kind != metrics.KindDeploy || rec.events[0].Result != "refused" {
+				t.Errorf("recorded %+v, want one refused deploy", rec.events)
 			}
 			if code, _ := os.ReadFile(j.codeFile); strings.TrimSpace(string(code)) != "3" {
 				t.Fatalf("BUILD_EXIT_CODE_FILE says %q, want the deploy exit code 3", code)

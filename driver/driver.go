@@ -57,6 +57,9 @@ type Driver struct {
 	// OpenDeployer makes the deployer for a job's deploys, recording origin on each target and
 	// telling log of each target's progress; it is called only when the job asked for a deploy.
 	OpenDeployer func(origin deploy.Origin, log func(target, line string)) Deployer
+	// Metrics, when set, is told of each deploy's result. (Stage durations are recorded by the
+	// caller, which times the whole process; pushes by the cache's Pusher.)
+	Metrics Recorder
 }
 
 // configOutput is gitlab-runner's ConfigExecOutput.
@@ -86,15 +89,15 @@ func (d *Driver) ConfigStage() error {
 func (d *Driver) Prepare(ctx context.Context) error {
 	p, err := ReadPayload(d.Invocation.JobResponseFile)
 	if err != nil {
-		return err
+		return executor.AtStep("payload", err)
 	}
 	env, err := chooseEnvironment(d.Config, p.Image.Name)
 	if err != nil {
-		return err
+		return executor.AtStep("policy", err)
 	}
 	lim, err := limits(d.Config.Jobs, d.Invocation.Custom)
 	if err != nil {
-		return err
+		return executor.AtStep("limits", err)
 	}
 	spec := executor.JobSpec{
 		Limits:    lim,

@@ -5,6 +5,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -97,6 +98,35 @@ type JobError struct{ Err error }
 
 func (e *JobError) Error() string { return e.Err.Error() }
 func (e *JobError) Unwrap() error { return e.Err }
+
+// StepError says which step of a prepare failed (one of metrics.PrepareReasons), for the
+// operators' metrics. It says nothing more than the error it wraps.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// AtStep marks err as failing at step, unless it already names a step (the innermost step is the
+// one that failed). A nil err stays nil.
+func AtStep(step string, err error) error {
+	var se *StepError
+	if err == nil || errors.As(err, &se) {
+		return err
+	}
+	return &StepError{Step: step, Err: err}
+}
+
+// StepOf is the step err was marked with, or "".
+func StepOf(err error) string {
+	var se *StepError
+	if errors.As(err, &se) {
+		return se.Step
+	}
+	return ""
+}
 
 // ValidateID checks that id can name a container.
 func ValidateID(id string) error {

@@ -30,6 +30,9 @@ const agentStartTimeout = 15 * time.Second
 // an earlier attempt with the same id are removed first; when Prepare fails, it removes what it
 // made. Progress lines go to log.
 func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err error) {
+	// step is where the prepare is, which its error names for the operators' metrics.
+	step := "config"
+	defer func() { err = AtStep(step, err) }()
 	if err := ValidateID(job.ID); err != nil {
 		return err
 	}
@@ -39,9 +42,11 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if job.Tier.DaemonSocket == "" {
 		return fmt.Errorf("job %s has no Nix tier", job.ID)
 	}
+	step = "nix-daemon"
 	if _, err := os.Stat(job.Tier.DaemonSocket); err != nil {
 		return fmt.Errorf("the %s tier's nix-daemon socket %s is missing: is that nix-daemon running? %w", job.Tier.Name, job.Tier.DaemonSocket, err)
 	}
+	step = "containerd"
 	client, err := e.connect(ctx)
 	if err != nil {
 		return err
@@ -58,6 +63,7 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 			}
 		}
 	}()
+	step = "state"
 	dirs, err := e.hostDirs(job, created)
 	if err != nil {
 		return err
@@ -67,6 +73,7 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 		// The first job of an image remaps its root to the user namespace, in a snapshot that
 		// later jobs share: one prepare at a time does that, and a cancelled prepare does not
 		// stop it half-way (containerd would leave the half-made snapshot in the way).
+		step = "environment"
 		unlock, err := e.lock(ctx, "image-"+job.Env.Image)
 		if err != nil {
 			return err
@@ -78,10 +85,12 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 15*time.Minute)
 		defer cancel()
 	}
+	// containerOptions marks its own steps: the environment, the network.
 	opts, err := e.containerOptions(ctx, client, job, dirs, created, log)
 	if err != nil {
 		return err
 	}
+	step = "containerd"
 	jobDir := e.jobDir(job.ID)
 	fmt.Fprintf(log, "Starting job container %s (environment %s)\n", job.ID, job.Env.Name)
 	ctr, err := client.NewContainer(ctx, job.ID, opts...)
@@ -102,6 +111,7 @@ func (e *Executor) Prepare(ctx context.Context, job JobSpec, log io.Writer) (err
 	if err := task.Start(ctx); err != nil {
 		return envError(job.Env, fmt.Errorf("start task %s: %w", job.ID, err))
 	}
+	step = "agent"
 	return e.awaitAgent(ctx, job, exited)
 }
 
@@ -154,7 +164,7 @@ func (e *Executor) hostDirs(job JobSpec, created time.Time) (jobDirs, error) {
 func (e *Executor) containerOptions(ctx context.Context, client *containerd.Client, job JobSpec, dirs jobDirs, created time.Time, log io.Writer) ([]containerd.NewContainerOpts, error) {
 	bin, err := e.binary()
 	if err != nil {
-		return nil, err
+		return nil, AtStep("agent", err)
 	}
 	labels := map[string]string{
 		LabelJob:         job.Job,
@@ -170,18 +180,18 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	switch {
 	case job.Env.StorePath != "":
 		if err := e.environmentIn(ctx, job.Tier, job.Env, log); err != nil {
-			return nil, err
+			return nil, AtStep("environment", err)
 		}
 		root, err := e.skeleton(job.Env)
 		if err != nil {
-			return nil, err
+			return nil, AtStep("environment", err)
 		}
 		specOpts = append(specOpts, oci.WithRootFSPath(root), oci.WithRootFSReadonly())
 		env = append(env, "PATH="+job.Env.StorePath+"/bin")
 	case job.Env.Image != "":
 		img, err := e.ensureImage(ctx, client, job.Env, job.Credentials, log)
 		if err != nil {
-			return nil, err
+			return nil, AtStep("environment", err)
 		}
 		specOpts = append(specOpts, oci.WithImageConfig(img), oci.WithUIDGID(0, 0))
 		containerOpts = append(containerOpts, containerd.WithImage(img),
@@ -212,11 +222,11 @@ func (e *Executor) containerOptions(ctx context.Context, client *containerd.Clie
 	case "bridge":
 		nsPath, err := e.attachBridge(ctx, job.ID)
 		if err != nil {
-			return nil, err
+			return nil, AtStep("network", err)
 		}
 		resolv, hosts, err := e.writeResolvConf(job.ID, log)
 		if err != nil {
-			return nil, err
+			return nil, AtStep("network", err)
 		}
 		// The namespace is the host's (see attachBridge), so sysfs is bound as for host jobs.
 		specOpts = append(specOpts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}), withSysBind)

@@ -58,6 +58,20 @@ type evaluation struct {
 	Sudo           json.RawMessage `json:"sudo"`
 	Openssh        json.RawMessage `json:"openssh"`
 	SystemPackages []string        `json:"systemPackages"`
+	// GrafanaProviders are services.grafana.provision.dashboards.settings.providers.
+	GrafanaProviders []struct {
+		Name    string `json:"name"`
+		Type    string `json:"type"`
+		Options struct {
+			Path string `json:"path"`
+		} `json:"options"`
+	} `json:"grafanaProviders"`
+	PrometheusScrapeConfigs []struct {
+		JobName       string `json:"job_name"`
+		StaticConfigs []struct {
+			Targets []string `json:"targets"`
+		} `json:"static_configs"`
+	} `json:"prometheusScrapeConfigs"`
 }
 
 type unit struct {
@@ -377,6 +391,39 @@ func TestRunnerModuleSettings(t *testing.T) {
 	}
 }
 
+// Metrics: on by default on a loopback listener; a Grafana on the host gets the dashboard, a
+// Prometheus on the host a scrape job; turned off, hearth records nothing and neither is touched.
+func TestRunnerModuleMetrics(t *testing.T) {
+	e := evaluate(t, "runner.nix", runnerHost("", "services.grafana.enable = true;", "services.prometheus.enable = true;"))
+	if len(e.Failed) != 0 {
+		t.Fatalf("failed assertions: %q", e.Failed)
+	}
+	c, rendered := hearthConfig(t, e)
+	if c.Metrics.Listen != "127.0.0.1:9863" {
+		t.Errorf("[metrics] listen = %q, want the loopback default:\n%s", c.Metrics.Listen, rendered)
+	}
+	if len(e.GrafanaProviders) != 1 || e.GrafanaProviders[0].Name != "hearth" || e.GrafanaProviders[0].Type != "file" {
+		t.Fatalf("grafana dashboard providers: %+v", e.GrafanaProviders)
+	}
+	if _, err := os.Stat(filepath.Join(e.GrafanaProviders[0].Options.Path, "hearth.json")); err != nil {
+		t.Errorf("the provider's path does not hold the dashboard: %v", err)
+	}
+	sc := e.PrometheusScrapeConfigs
+	if len(sc) != 1 || sc[0].JobName != "hearth" || len(sc[0].StaticConfigs) != 1 || fmt.Sprint(sc[0].StaticConfigs[0].Targets) != "[127.0.0.1:9863]" {
+		t.Errorf("prometheus scrape configs: %+v", sc)
+	}
+
+	e = evaluate(t, "runner.nix", runnerHost("metrics.enable = false;", "services.grafana.enable = true;", "services.prometheus.enable = true;"))
+	if c, _ := hearthConfig(t, e); c.Metrics.Listen != "" || len(e.GrafanaProviders) != 0 || len(e.PrometheusScrapeConfigs) != 0 {
+		t.Errorf("metrics off: listen %q, providers %+v, scrape configs %+v", c.Metrics.Listen, e.GrafanaProviders, e.PrometheusScrapeConfigs)
+	}
+	// Without a Grafana or a Prometheus on the host, their options are left alone.
+	e = evaluate(t, "runner.nix", runnerHost(""))
+	if len(e.GrafanaProviders) != 0 || len(e.PrometheusScrapeConfigs) != 0 {
+		t.Errorf("no grafana or prometheus here, yet providers %+v, scrape configs %+v", e.GrafanaProviders, e.PrometheusScrapeConfigs)
+	}
+}
+
 // Each assertion fires on the configuration it is for, with its sentence.
 func TestRunnerModuleAssertions(t *testing.T) {
 	for _, tc := range []struct {
@@ -410,6 +457,8 @@ func TestRunnerModuleAssertions(t *testing.T) {
 			`cache.backend = "attic" needs cache.attic.endpoint`},
 		{"a prune of an Attic cache", `settings.cache.backend = "attic"; settings.cache.attic = { endpoint = "https://attic.example.com/"; cache = "team"; }; cachePrune.olderThan = "90d";`, "",
 			"services.hearth.cachePrune is for file and S3 caches"},
+		{"a Grafana that takes dashboards from a path", "", `services.grafana = { enable = true; provision.dashboards.path = "/var/lib/grafana-dashboards"; };`,
+			"services.grafana.provision.dashboards.path is set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := evaluate(t, "runner.nix", runnerHost(tc.body, tc.extra))

@@ -378,6 +378,44 @@ in
       interval = strOption "weekly" "When the prune runs (a systemd calendar event).";
     };
 
+    metrics = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether `hearth-cache-watch.service` serves Prometheus metrics on `metrics.listen`: driver
+          stage durations and failures, prepare failures by what failed, the push queue's depth and
+          its oldest entry's age, rejected entries, paths and bytes pushed, push failures, deploys
+          by result (`settings.metrics.listen`). Driver stages spool what they record under
+          `settings.jobs.state_dir` for the watcher to fold in.
+        '';
+      };
+      listen = mkOption {
+        type = types.str;
+        default = "127.0.0.1:9863";
+        description = ''
+          The metrics listener's address, an IP and a port. The default keeps them on this host;
+          for a Prometheus elsewhere, listen on a private address and open the port to it alone.
+        '';
+      };
+      grafanaDashboard = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          When `services.grafana` is enabled on this host, provision hearth's dashboard
+          (`nixos/dashboards/hearth.json`: queue depth and age, pushes and failures, stage
+          durations, deploys by result) through `services.grafana.provision.dashboards.settings`.
+          Turn it off where `services.grafana.provision.dashboards.path` is used, and copy the
+          file there.
+        '';
+      };
+      prometheusScrape = mkOption {
+        type = types.bool;
+        default = true;
+        description = "When `services.prometheus` is enabled on this host, add a scrape job named `hearth` for `metrics.listen`.";
+      };
+    };
+
     gcInterval = strOption "10min" "How often `hearth gc` removes what dead or cancelled jobs left: containers, snapshots, network namespaces, claims, roots of pushed paths (a systemd time span).";
 
     runners = mkOption {
@@ -602,6 +640,7 @@ in
       ];
 
       services.hearth.settings = {
+        metrics.listen = mkDefault (if cfg.metrics.enable then cfg.metrics.listen else "");
         nix =
           if cfg.trustAllJobs then
             {
@@ -783,6 +822,31 @@ in
         };
       };
     }
+
+    # The dashboard, for a Grafana on this host. The directory is copied into the store as it is.
+    (mkIf (cfg.metrics.enable && cfg.metrics.grafanaDashboard && config.services.grafana.enable) {
+      assertions = [
+        {
+          assertion = config.services.grafana.provision.dashboards.path == null;
+          message = "services.grafana.provision.dashboards.path is set, and Grafana takes either it or dashboard providers, not both: set services.hearth.metrics.grafanaDashboard = false and put hearth's nixos/dashboards/hearth.json in that directory.";
+        }
+      ];
+      services.grafana.provision.dashboards.settings.providers = [
+        {
+          name = "hearth";
+          options.path = ./dashboards;
+        }
+      ];
+    })
+
+    (mkIf (cfg.metrics.enable && cfg.metrics.prometheusScrape && config.services.prometheus.enable) {
+      services.prometheus.scrapeConfigs = [
+        {
+          job_name = "hearth";
+          static_configs = [ { targets = [ cfg.metrics.listen ]; } ];
+        }
+      ];
+    })
 
     (mkIf (cfg.cachePrune.olderThan != null) {
       assertions = [

@@ -16,6 +16,7 @@ import (
 	"github.com/hearth-ci/hearth/cache/file"
 	"github.com/hearth-ci/hearth/cache/s3"
 	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/metrics"
 	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/nixstore"
 )
@@ -60,13 +61,29 @@ func signingKey(path string) (*signing.SecretKey, error) {
 
 // Pusher pushes to b from the host's store, through its daemon, taking the per-path locks beside
 // the queue that every pusher on the host shares.
+// What it uploads is counted in the host's metrics, when they are on.
 func Pusher(cfg *config.Config, b cache.Backend) *cache.Pusher {
 	return &cache.Pusher{
 		Backend: b,
 		Store:   nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket),
 		Uploads: cfg.Cache.Uploads,
 		LockDir: filepath.Join(cfg.Cache.QueueDir, ".locks"),
+		Meter:   meter{rec: metrics.RecorderFor(cfg), backend: cfg.Cache.Backend},
 	}
+}
+
+// meter records a Pusher's uploads as metrics events.
+type meter struct {
+	rec     *metrics.Recorder
+	backend string
+}
+
+func (m meter) Uploaded(st cache.Stats) {
+	m.rec.Record(metrics.Event{Kind: metrics.KindPushed, Backend: m.backend, Bytes: st.NarBytes})
+}
+
+func (m meter) Failed(error) {
+	m.rec.Record(metrics.Event{Kind: metrics.KindPushFailed, Backend: m.backend})
 }
 
 // Flusher opens the cache for the push at the end of a job's script.

@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/open"
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/deploy"
+	"github.com/hearth-ci/hearth/metrics"
 	"github.com/hearth-ci/hearth/nix/signing"
 	"github.com/hearth-ci/hearth/nixstore"
 )
@@ -144,7 +146,43 @@ func watchAction(c *cli.Context) error {
 	// A service manager stops the watcher with SIGTERM: let the round in progress end cleanly.
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return open.Watcher(cfg, c.Duration("interval"), slog.New(slog.NewTextHandler(os.Stderr, nil))).Run(ctx)
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if cfg.Metrics.Listen == "" {
+		return open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
+	}
+	// The metrics listener lives and dies with the watcher: a listener that cannot start (its
+	// port taken) stops the service, so the unit's restarts and its log say so.
+	g, ctx := errgroup.WithContext(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	g.Go(func() error {
+		defer cancel()
+		return open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
+	})
+	g.Go(func() error {
+		defer cancel()
+		return metricsRegistry(cfg).Serve(ctx, cfg.Metrics.Listen, log)
+	})
+	return g.Wait()
+}
+
+// metricsRegistry is the registry cache watch serves: the spool's counters, and the queue's and
+// the rejected list's gauges read at each scrape.
+func metricsRegistry(cfg *config.Config) *metrics.Registry {
+	q := open.Queue(cfg)
+	return metrics.New(cfg, hearthVersion(), metrics.Sources{
+		Queue: func() ([]time.Time, error) {
+			waiting, err := q.Pending()
+			since := make([]time.Time, len(waiting))
+			for i, w := range waiting {
+				since[i] = w.Since
+			}
+			return since, err
+		},
+		Rejected: func() (int, error) {
+			r, err := q.Rejected()
+			return len(r), err
+		},
+	})
 }
 
 func pushAction(c *cli.Context) error {

@@ -60,7 +60,7 @@ func doctorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			d := &doctor.Doctor{Config: cfg, Exe: exe, Env: os.Environ(), NoPush: c.Bool("no-push")}
+			d := &doctor.Doctor{Config: cfg, Exe: exe, Env: os.Environ(), NoPush: c.Bool("no-push"), Version: hearthVersion()}
 			results := d.Run(c.Context)
 			failed := 0
 			for _, r := range results {

@@ -6,13 +6,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hearth-ci/hearth/cache/open"
+	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/driver"
 	"github.com/hearth-ci/hearth/executor"
+	"github.com/hearth-ci/hearth/metrics"
 	"github.com/hearth-ci/hearth/nixstore"
 )
 
@@ -26,9 +29,7 @@ func driverCommand() *cli.Command {
 			ArgsUsage: args,
 			Flags:     []cli.Flag{configFlag()},
 			Action: func(c *cli.Context) error {
-				// Everything a driver prints on stderr reaches the job log (cleanup's reaches the
-				// runner's log); the driver decides what it says and whose fault it was.
-				return driver.Report(os.Stderr, name, runStage(c, fn))
+				return runStage(c, name, fn)
 			},
 		}
 	}
@@ -55,12 +56,31 @@ func driverCommand() *cli.Command {
 	}
 }
 
-// runStage wires a driver to this host's config, containerd and cache, and runs one stage.
-func runStage(c *cli.Context, fn stageFunc) error {
+// runStage wires a driver to this host's config, containerd and cache, runs one stage, and records
+// how long it took and how it ended. Everything a driver prints on stderr reaches the job log
+// (cleanup's reaches the runner's log); the driver decides what it says and whose fault it was.
+func runStage(c *cli.Context, name string, fn stageFunc) error {
+	start := time.Now()
 	cfg, err := loadConfig(c)
 	if err != nil {
-		return err
+		return driver.Report(os.Stderr, name, err)
 	}
+	rec := metrics.RecorderFor(cfg)
+	// SIGTERM from gitlab-runner means "stop this stage", not "tear down".
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = driver.Report(os.Stderr, name, driverStage(ctx, cfg, rec, c, fn))
+	if name != "config" {
+		stage := name
+		if name == "run" && c.NArg() == 2 {
+			stage = c.Args().Get(1)
+		}
+		rec.Record(driver.StageEvent(stage, time.Since(start), err, ctx.Err() != nil))
+	}
+	return err
+}
+
+func driverStage(ctx context.Context, cfg *config.Config, rec *metrics.Recorder, c *cli.Context, fn stageFunc) error {
 	ex := executor.New(cfg)
 	defer ex.Close()
 	d := &driver.Driver{
@@ -82,9 +102,7 @@ func runStage(c *cli.Context, fn stageFunc) error {
 			dep.Origin, dep.Log = origin, log
 			return dep
 		},
+		Metrics: rec,
 	}
-	// SIGTERM from gitlab-runner means "stop this stage", not "tear down".
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	return fn(ctx, d, c)
 }

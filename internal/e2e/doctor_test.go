@@ -116,7 +116,8 @@ func TestDoctor(t *testing.T) {
 
 	p := daemonOf(t)
 	u := tierOf(t, false)
-	good := doctorConfig(t, p, u, parts.TeamKey, target(tg.KnownHosts))
+	metricsOn := fmt.Sprintf("\n[metrics]\nlisten = %q\n", freeLoopbackAddr(t))
+	good := doctorConfig(t, p, u, parts.TeamKey, target(tg.KnownHosts)+metricsOn)
 	// On a state dir that does not exist yet, as on a fresh host: what the doctor makes there
 	// (the probe's network namespace) must leave it usable by the jobs that follow.
 	fresh := filepath.Join(parts.Dir, fmt.Sprintf("ds%d", time.Now().UnixNano()%1000))
@@ -129,7 +130,7 @@ func TestDoctor(t *testing.T) {
 	for _, check := range []string{"containerd", "runc", "user namespaces", "job uid range", "state dir",
 		"nix-daemon (protected tier)", "nix-daemon (protected tier) trust", "nix-daemon (protected tier) sandbox", "nix-daemon (protected tier) post-build-hook",
 		"nix-daemon (unprotected tier)", "nix-daemon (unprotected tier) trust", "nix-daemon (unprotected tier) sandbox", "nix-daemon (unprotected tier) post-build-hook",
-		"queue", "cache watch", "rejected paths", "cache", "cache key", "deploy target t1", "job network"} {
+		"queue", "cache watch", "rejected paths", "metrics", "cache", "cache key", "deploy target t1", "job network"} {
 		line(t, lines, check)
 	}
 	if adv := line(t, lines, "nix-daemon (protected tier) advisories"); adv.OK || exited0 {
@@ -137,6 +138,9 @@ func TestDoctor(t *testing.T) {
 	}
 	if l := line(t, lines, "cache watch"); !strings.HasPrefix(l.Detail, "pushed the probe ") {
 		t.Errorf("the watcher did not push the probe: %+v", l)
+	}
+	if l := line(t, lines, "metrics"); !strings.HasPrefix(l.Detail, "served on http://127.0.0.1:") {
+		t.Errorf("the metrics line: %+v", l)
 	}
 	if res, log := runJobAs(t, good, "after:\n  script:\n    - echo after-the-doctor\n", "after", true); res.State != "success" {
 		t.Fatalf("a job after the doctor on a fresh host: %s\n%s", res, log)
@@ -184,10 +188,22 @@ func TestDoctor(t *testing.T) {
 		{"cache watch stopped", "cache watch", "the probe is still queued after", "hearth cache watch", func(t *testing.T) (string, *testenv.Daemon) {
 			return doctorConfig(t, p, u, parts.TeamKey, ""), p
 		}},
+		{"metrics not served", "metrics", "nothing serves http://", "hearth cache watch", func(t *testing.T) (string, *testenv.Daemon) {
+			// A watcher that pushes but serves no metrics: one started before they were turned on.
+			cfg := doctorConfig(t, p, u, parts.TeamKey, "")
+			watching(t, cfg)
+			metricsCfg := filepath.Join(t.TempDir(), "config.toml")
+			b, err := os.ReadFile(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(metricsCfg, append(b, fmt.Sprintf("\n[metrics]\nlisten = %q\n", freeLoopbackAddr(t))...), 0o600)
+			return metricsCfg, p
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, d := tc.setup(t)
-			if tc.check != "cache watch" {
+			if tc.check != "cache watch" && tc.check != "metrics" {
 				watching(t, cfg)
 			}
 			lines, exited0 := doctor(t, cfg, d)

@@ -68,4 +68,14 @@ in
   sudo = config.security.sudo.extraRules;
   openssh = config.services.openssh;
   systemPackages = map (p: p.outPath) config.environment.systemPackages;
+  # Paths as the strings they are, not copied into the store.
+  grafanaProviders =
+    let
+      d = config.services.grafana.provision.dashboards.settings;
+    in
+    if d == null then
+      [ ]
+    else
+      map (p: p // { options = p.options // { path = toString p.options.path; }; }) d.providers;
+  prometheusScrapeConfigs = config.services.prometheus.scrapeConfigs;
 }

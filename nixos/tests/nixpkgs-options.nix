@@ -271,6 +271,61 @@ in
     # nixos/modules/system/boot/resolved.nix @ db59d03371a1ca74896c812e1653d5bccc0bc0f4
     services.resolved.enable = opt types.bool false;
 
+    # nixos/modules/services/monitoring/grafana.nix @ 88c82ee3ecd674f2a7a7f599170d505260849c49:
+    # enable (line 300, an mkEnableOption), provision.dashboards (lines 1208–1257) and its
+    # providers' type, grafanaTypes.dashboardConfig (lines 144–163): a submodule whose freeform
+    # type is pkgs.formats.yaml's (any JSON-like value here), declaring name, type and options.path.
+    # Grafana asserts that dashboards.settings and dashboards.path are not both set (lines 1800–1803).
+    services.grafana = {
+      enable = opt types.bool false;
+      provision.dashboards = opt (types.submodule {
+        options = {
+          settings = opt (types.nullOr (
+            types.submodule {
+              options = {
+                apiVersion = opt types.int 1;
+                providers = opt (types.listOf (
+                  types.submodule {
+                    freeformType = types.attrsOf types.anything;
+                    options = {
+                      name = opt types.str "default";
+                      type = opt types.str "file";
+                      options.path = req types.path;
+                    };
+                  }
+                )) [ ];
+              };
+            }
+          )) null;
+          path = opt (types.nullOr types.path) null;
+        };
+      }) { };
+    };
+
+    # nixos/modules/services/monitoring/prometheus/default.nix @
+    # 020e024506ab147265c4a5757af92da617ef2dfb: enable (line 527), scrapeConfigs (lines 598–605, a
+    # list of scrape_config, lines 163–280) with job_name and static_configs (line 263; its
+    # static_config, lines 282–298: targets and labels). The scrape_config's other fields all have
+    # defaults; none is set by hearth.
+    services.prometheus = {
+      enable = opt types.bool false;
+      scrapeConfigs = opt (types.listOf (
+        types.submodule {
+          options = {
+            job_name = req types.str;
+            static_configs = opt (types.listOf (
+              types.submodule {
+                options = {
+                  targets = req (types.listOf types.str);
+                  labels = opt (types.attrsOf types.str) { };
+                };
+              }
+            )) [ ];
+          };
+        }
+      )) [ ];
+    };
+
     # nixos/modules/security/acme/default.nix @ 014d882725c6ab65982a046f110b73214c0f5e1f
     security.acme = {
       acceptTerms = opt types.bool false;

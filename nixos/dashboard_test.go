@@ -1,0 +1,54 @@
+package nixos
+
+import (
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hearth-ci/hearth/config"
+	"github.com/hearth-ci/hearth/metrics"
+	"github.com/hearth-ci/hearth/metrics/metricstest"
+)
+
+// Every metric the Grafana dashboard queries is one hearth exports, as a fresh cache watch's
+// registry has it before anything has happened (the end-to-end metrics test checks the same
+// against a real scrape), and the dashboard shows what operators look at first.
+func TestDashboardQueriesExportedMetrics(t *testing.T) {
+	src, err := os.ReadFile("dashboards/hearth.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	queries, err := metricstest.DashboardQueries(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queried := metricstest.QueriedMetrics(queries)
+	cfg := config.Default()
+	cfg.Jobs.StateDir = t.TempDir()
+	cfg.Deploy.Targets = map[string]config.Target{"web": {}}
+	r := metrics.New(&cfg, "test", metrics.Sources{
+		Queue:    func() ([]time.Time, error) { return nil, nil },
+		Rejected: func() (int, error) { return 0, nil },
+	})
+	fams, err := r.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := metricstest.FromGathered(fams)
+	for _, name := range queried {
+		if !exported.Has(name) {
+			t.Errorf("the dashboard queries %s, which hearth does not export", name)
+		}
+	}
+	for _, want := range []string{
+		"hearth_cache_queue_entries", "hearth_cache_queue_oldest_seconds", "hearth_cache_rejected_entries",
+		"hearth_cache_pushed_paths_total", "hearth_cache_pushed_bytes_total", "hearth_cache_push_failures_total",
+		"hearth_stage_duration_seconds_bucket", "hearth_stage_failures_total", "hearth_prepare_failures_total",
+		"hearth_deploys_total",
+	} {
+		if !slices.Contains(queried, want) {
+			t.Errorf("the dashboard does not show %s", want)
+		}
+	}
+}
