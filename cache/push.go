@@ -109,7 +109,9 @@ func (p *Pusher) Push(ctx context.Context, paths []string, scope Scope) (Summary
 	sum.Paths = len(infos)
 	missing, err := p.Backend.Missing(ctx, infos)
 	if err != nil {
-		p.failed(err)
+		if ctx.Err() == nil {
+			p.failed(err)
+		}
 		return sum, fmt.Errorf("ask %s which paths it lacks: %w", p.Backend, err)
 	}
 	isMissing := make(map[string]bool, len(missing))
@@ -243,7 +245,8 @@ func (p *Pusher) upload(ctx context.Context, todo []nixstore.PathInfo, start tim
 						if p.Meter != nil {
 							p.Meter.Uploaded(st)
 						}
-					} else if res.err != nil {
+					} else if res.err != nil && ctx.Err() == nil {
+						// A push stopped by its caller is not the cache's failure.
 						p.failed(res.err)
 					}
 				case <-cancelled:

@@ -25,12 +25,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
 	"github.com/hearth-ci/hearth/cache/open"
 	"github.com/hearth-ci/hearth/config"
 	"github.com/hearth-ci/hearth/deploy"
 	"github.com/hearth-ci/hearth/executor"
 	"github.com/hearth-ci/hearth/jobcontainer"
+	"github.com/hearth-ci/hearth/metrics"
 	"github.com/hearth-ci/hearth/nix"
 	"github.com/hearth-ci/hearth/nix/daemon"
 	"github.com/hearth-ci/hearth/nixstore"
@@ -427,7 +429,11 @@ func (d *Doctor) metrics(ctx context.Context) Result {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return bad(check, fmt.Sprintf("nothing serves %s: %v", url, err), fix)
+		detail := fmt.Sprintf("nothing serves %s: %v", url, err)
+		if fi, serr := os.Stat(metrics.SpoolPath(d.Config)); serr == nil && fi.Size() > metrics.MaxSpool*9/10 {
+			detail += fmt.Sprintf("; the stages' spool holds %s, and new events are dropped", bytesize.Format(fi.Size()))
+		}
+		return bad(check, detail, fix)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))

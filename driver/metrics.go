@@ -23,7 +23,10 @@ func StageEvent(stage string, took time.Duration, err error, cancelled bool) met
 	}
 	fault := metrics.FaultHost
 	var f *Failure
-	if errors.As(err, &f) && f.Kind == BuildFailure {
+	switch {
+	case cancelled:
+		fault = metrics.FaultCancelled
+	case errors.As(err, &f) && f.Kind == BuildFailure:
 		fault = metrics.FaultJob
 	}
 	reason := ""

@@ -27,7 +27,8 @@ func TestStageEvent(t *testing.T) {
 		{"refused image", "prepare", executor.AtStep("policy", buildFailure("image %q is not allowed", "x")), false, metrics.FaultJob, "policy"},
 		{"the innermost step wins", "prepare", executor.AtStep("containerd", fmt.Errorf("wrapped: %w", executor.AtStep("network", errors.New("no bridge")))), false, metrics.FaultHost, "network"},
 		{"unmarked", "prepare", errors.New("something else"), false, metrics.FaultHost, "other"},
-		{"cancelled", "prepare", executor.AtStep("environment", context.Canceled), true, metrics.FaultHost, "cancelled"},
+		{"cancelled", "prepare", executor.AtStep("environment", context.Canceled), true, metrics.FaultCancelled, "cancelled"},
+		{"script cancelled", "build_script", errors.New("the agent stopped the script"), true, metrics.FaultCancelled, ""},
 		{"script failed", "build_script", &Failure{Kind: BuildFailure, Err: errors.New("exit code 1"), Logged: true}, false, metrics.FaultJob, ""},
 		{"cleanup failed", "cleanup", errors.New("containerd down"), false, metrics.FaultHost, ""},
 	} {

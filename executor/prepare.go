@@ -336,7 +336,7 @@ func (e *Executor) idMap() []specs.LinuxIDMapping {
 // envError marks err as the job's fault when the job chose the environment.
 func envError(env Environment, err error) error {
 	if env.Untrusted {
-		return &JobError{Err: err}
+		return AtStep("environment", &JobError{Err: err})
 	}
 	return err
 }

@@ -31,11 +31,16 @@ const (
 	KindDeploy = "deploy"
 )
 
-// Faults of a failed stage: whose fault it was, as gitlab-runner is told.
+// Faults of a failed stage: whose fault it was, as gitlab-runner is told, or that gitlab-runner
+// stopped it (a cancelled job, a timeout), which is nobody's.
 const (
-	FaultJob  = "job"
-	FaultHost = "host"
+	FaultJob       = "job"
+	FaultHost      = "host"
+	FaultCancelled = "cancelled"
 )
+
+// Faults are the values of the fault label.
+var Faults = []string{FaultJob, FaultHost, FaultCancelled}
 
 // PrepareReasons are where a prepare can fail, the values of hearth_prepare_failures_total's
 // reason label. Anything else is counted as "other".

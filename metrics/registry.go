@@ -44,8 +44,8 @@ type Registry struct {
 	badLines        prometheus.Counter
 }
 
-// stageBuckets span a warm prepare (tens of milliseconds) to a long build script (an hour).
-var stageBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+// stageBuckets span a warm prepare (tens of milliseconds) to a long build script (hours).
+var stageBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400}
 
 // New makes the registry of cfg's host. Every series the dashboard draws is made at once with a
 // zero value, so that a panel shows 0 rather than "no data" on a host where nothing has failed yet.
@@ -61,7 +61,7 @@ func New(cfg *config.Config, version string, src Sources) *Registry {
 		}, []string{"stage"}),
 		stageFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hearth_stage_failures_total",
-			Help: "Driver stages that failed, by stage and by whose fault gitlab-runner was told it was (job or host).",
+			Help: "Driver stages that failed, by stage and by whose fault gitlab-runner was told it was (job or host), or stopped by gitlab-runner (cancelled).",
 		}, []string{"stage", "fault"}),
 		prepareFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hearth_prepare_failures_total",
@@ -89,7 +89,7 @@ func New(cfg *config.Config, version string, src Sources) *Registry {
 		}),
 	}
 	r.stageSeconds.WithLabelValues("prepare")
-	for _, f := range []string{FaultJob, FaultHost} {
+	for _, f := range Faults {
 		r.stageFailures.WithLabelValues("prepare", f)
 	}
 	for _, reason := range PrepareReasons {
@@ -126,7 +126,7 @@ func (r *Registry) Apply(e Event) {
 		stage := stageLabel(e.Stage)
 		r.stageSeconds.WithLabelValues(stage).Observe(e.Seconds)
 		if e.Fault != "" {
-			r.stageFailures.WithLabelValues(stage, oneOf(e.Fault, []string{FaultJob, FaultHost}, FaultHost)).Inc()
+			r.stageFailures.WithLabelValues(stage, oneOf(e.Fault, Faults, FaultHost)).Inc()
 			if stage == "prepare" {
 				r.prepareFailures.WithLabelValues(oneOf(e.Reason, PrepareReasons, "other")).Inc()
 			}

@@ -46,7 +46,13 @@ func (s Spool) Record(evs ...Event) error {
 			return fmt.Errorf("encode a metrics event: %w", err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(s.Path), 0o700); err != nil {
+	// The dir above the spool's is the state dir, which job containers must be able to search:
+	// made here first (by a watcher's push before any job), it must not be private.
+	dir := filepath.Dir(s.Path)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("make the metrics spool's dir: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("make the metrics spool's dir: %w", err)
 	}
 	f, err := os.OpenFile(s.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -67,14 +73,17 @@ func (s Spool) Record(evs ...Event) error {
 		return fmt.Errorf("%s: %w", s.Path, ErrSpoolFull)
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
+		// A short write (a full tmpfs) would leave half a line for the next event to run into.
+		f.Truncate(fi.Size())
 		return fmt.Errorf("append to the metrics spool: %w", err)
 	}
 	return nil
 }
 
 // Drain takes every event the spool holds, leaving it empty, and calls apply on each in order. It
-// returns how many lines could not be read as events (they are dropped: a line is written whole
-// under the lock, so only a tampered file has them).
+// returns how many lines could not be read as events, which are dropped: a line is written whole
+// under the lock, and a failed write is cut off again, so only a tampered file (or a writer
+// killed in the middle of its write) has them.
 func (s Spool) Drain(ctx context.Context, apply func(Event)) (bad int, err error) {
 	f, err := os.OpenFile(s.Path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {

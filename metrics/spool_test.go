@@ -113,12 +113,21 @@ func TestSpoolFull(t *testing.T) {
 func TestRecorderFor(t *testing.T) {
 	for _, listen := range []string{"", "127.0.0.1:9863"} {
 		cfg := config.Default()
-		cfg.Jobs.StateDir = t.TempDir()
+		cfg.Jobs.StateDir = filepath.Join(t.TempDir(), "state") // not made yet, as on a fresh host
 		cfg.Metrics.Listen = listen
 		RecorderFor(&cfg).Record(Event{Kind: KindStage, Stage: "prepare"})
 		_, err := os.Stat(SpoolPath(&cfg))
 		if spooled := err == nil; spooled != (listen != "") {
 			t.Errorf("listen %q: spooled %v (%v)", listen, spooled, err)
+		}
+		if listen == "" {
+			continue
+		}
+		// The spool made the state dir: job containers must still be able to search it.
+		for dir, want := range map[string]os.FileMode{cfg.Jobs.StateDir: 0o755, filepath.Dir(SpoolPath(&cfg)): 0o700} {
+			if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != want {
+				t.Errorf("%s: %v, %v; want mode %o", dir, fi.Mode(), err, want)
+			}
 		}
 	}
 	var nilRec *Recorder

@@ -69,7 +69,8 @@ type evaluation struct {
 	PrometheusScrapeConfigs []struct {
 		JobName       string `json:"job_name"`
 		StaticConfigs []struct {
-			Targets []string `json:"targets"`
+			Targets []string          `json:"targets"`
+			Labels  map[string]string `json:"labels"`
 		} `json:"static_configs"`
 	} `json:"prometheusScrapeConfigs"`
 }
@@ -394,7 +395,7 @@ func TestRunnerModuleSettings(t *testing.T) {
 // Metrics: on by default on a loopback listener; a Grafana on the host gets the dashboard, a
 // Prometheus on the host a scrape job; turned off, hearth records nothing and neither is touched.
 func TestRunnerModuleMetrics(t *testing.T) {
-	e := evaluate(t, "runner.nix", runnerHost("", "services.grafana.enable = true;", "services.prometheus.enable = true;"))
+	e := evaluate(t, "runner.nix", runnerHost("", "services.grafana.enable = true;", "services.prometheus.enable = true;", `networking.hostName = "runner1";`))
 	if len(e.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", e.Failed)
 	}
@@ -409,8 +410,14 @@ func TestRunnerModuleMetrics(t *testing.T) {
 		t.Errorf("the provider's path does not hold the dashboard: %v", err)
 	}
 	sc := e.PrometheusScrapeConfigs
-	if len(sc) != 1 || sc[0].JobName != "hearth" || len(sc[0].StaticConfigs) != 1 || fmt.Sprint(sc[0].StaticConfigs[0].Targets) != "[127.0.0.1:9863]" {
+	if len(sc) != 1 || sc[0].JobName != "hearth" || len(sc[0].StaticConfigs) != 1 || fmt.Sprint(sc[0].StaticConfigs[0].Targets) != "[127.0.0.1:9863]" ||
+		sc[0].StaticConfigs[0].Labels["instance"] != "runner1" {
 		t.Errorf("prometheus scrape configs: %+v", sc)
+	}
+	// The scrape follows the address hearth listens on, however it is set.
+	e = evaluate(t, "runner.nix", runnerHost(`settings.metrics.listen = "10.0.0.5:9100";`, "services.prometheus.enable = true;"))
+	if sc := e.PrometheusScrapeConfigs; len(sc) != 1 || fmt.Sprint(sc[0].StaticConfigs[0].Targets) != "[10.0.0.5:9100]" {
+		t.Errorf("with settings.metrics.listen set, prometheus scrape configs: %+v", sc)
 	}
 
 	e = evaluate(t, "runner.nix", runnerHost("metrics.enable = false;", "services.grafana.enable = true;", "services.prometheus.enable = true;"))
@@ -457,6 +464,8 @@ func TestRunnerModuleAssertions(t *testing.T) {
 			`cache.backend = "attic" needs cache.attic.endpoint`},
 		{"a prune of an Attic cache", `settings.cache.backend = "attic"; settings.cache.attic = { endpoint = "https://attic.example.com/"; cache = "team"; }; cachePrune.olderThan = "90d";`, "",
 			"services.hearth.cachePrune is for file and S3 caches"},
+		{"metrics on a host name", `metrics.listen = "localhost:9863";`, "",
+			`services.hearth.metrics.listen = "localhost:9863": give an IP address and a port`},
 		{"a Grafana that takes dashboards from a path", "", `services.grafana = { enable = true; provision.dashboards.path = "/var/lib/grafana-dashboards"; };`,
 			"services.grafana.provision.dashboards.path is set"},
 	} {

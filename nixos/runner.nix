@@ -627,6 +627,13 @@ in
             message = "services.hearth.settings.cache.backend = \"attic\" needs cache.attic.endpoint (the server's URL) and cache.attic.cache (the cache's name).";
           }
         ]
+        ++ [
+          {
+            # hearth refuses anything else, and every driver stage would fail on it.
+            assertion = s.metrics.listen == "" || builtins.match "([0-9.]+|\\[[0-9a-fA-F:.]+]):[0-9]+" s.metrics.listen != null;
+            message = "services.hearth.metrics.listen = \"${s.metrics.listen}\": give an IP address and a port, e.g. \"127.0.0.1:9863\" or \"[::1]:9863\", not a host name.";
+          }
+        ]
         ++ map (p: {
           assertion = !(inStore p.value);
           message = "${p.name} = ${toString p.value} is in the Nix store, which every user and every job can read: give the path of a file outside it, as a string (\"/run/secrets/…\"), not a Nix path.";
@@ -839,11 +846,22 @@ in
       ];
     })
 
-    (mkIf (cfg.metrics.enable && cfg.metrics.prometheusScrape && config.services.prometheus.enable) {
+    # A scrape job for a Prometheus on this host, of the address hearth listens on. Its instance
+    # label is the host's name, not the loopback address every runner host shares, so that hosts
+    # stay apart where their metrics meet (federation, remote write) and the dashboard's host
+    # selector lists them by name.
+    (mkIf (s.metrics.listen != "" && cfg.metrics.prometheusScrape && config.services.prometheus.enable) {
       services.prometheus.scrapeConfigs = [
         {
           job_name = "hearth";
-          static_configs = [ { targets = [ cfg.metrics.listen ]; } ];
+          static_configs = [
+            {
+              targets = [ s.metrics.listen ];
+              labels = lib.optionalAttrs (config.networking.hostName != "") {
+                instance = config.networking.hostName;
+              };
+            }
+          ];
         }
       ];
     })

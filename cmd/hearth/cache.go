@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hearth-ci/hearth/bytesize"
 	"github.com/hearth-ci/hearth/cache"
@@ -150,19 +149,36 @@ func watchAction(c *cli.Context) error {
 	if cfg.Metrics.Listen == "" {
 		return open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
 	}
-	// The metrics listener lives and dies with the watcher: a listener that cannot start (its
-	// port taken) stops the service, so the unit's restarts and its log say so.
-	g, ctx := errgroup.WithContext(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	g.Go(func() error {
-		defer cancel()
-		return open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
-	})
-	g.Go(func() error {
-		defer cancel()
-		return metricsRegistry(cfg).Serve(ctx, cfg.Metrics.Listen, log)
-	})
-	return g.Wait()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		serveMetrics(ctx, cfg, log)
+	}()
+	err = open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
+	<-served
+	return err
+}
+
+// metricsRetry is how long the watcher waits before it tries the metrics listener again.
+const metricsRetry = 30 * time.Second
+
+// serveMetrics serves the metrics until ctx ends. Pushing is the watcher's job and metrics are
+// not: a listener that cannot start (its port taken, its address not up yet at boot) is logged and
+// tried again, while the pushes go on.
+func serveMetrics(ctx context.Context, cfg *config.Config, log *slog.Logger) {
+	reg := metricsRegistry(cfg)
+	for {
+		err := reg.Serve(ctx, cfg.Metrics.Listen, log)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("cannot serve metrics; pushes go on, and the listener is tried again", "err", err, "in", metricsRetry)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(metricsRetry):
+		}
+	}
 }
 
 // metricsRegistry is the registry cache watch serves: the spool's counters, and the queue's and

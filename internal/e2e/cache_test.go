@@ -477,13 +477,7 @@ func TestPushOnlyFromProtectedRefs(t *testing.T) {
 func TestCacheWatch(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n", dir))
-	watch := execCommand(parts.Hearth, "--config", cfg, "cache", "watch", "--interval", "200ms")
-	var logs syncBuffer
-	watch.Stdout, watch.Stderr = &logs, &logs
-	if err := watch.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
+	w := startWatch(t, cfg, "--interval", "200ms")
 	built, err := daemonOf(t).BuildChain(fmt.Sprint("watch-", time.Now().UnixNano()), 2)
 	if err != nil {
 		t.Fatal(err)
@@ -498,7 +492,7 @@ func TestCacheWatch(t *testing.T) {
 		return true
 	})
 	waitFor(t, "the queue to empty", 10*time.Second, func() bool { return len(queueEntries(t)) == 0 })
-	if !strings.Contains(logs.String(), "msg=pushed") {
-		t.Fatalf("watch logged nothing about the push:\n%s", logs.String())
+	if !strings.Contains(w.logs.String(), "msg=pushed") {
+		t.Fatalf("watch logged nothing about the push:\n%s", w.logs.String())
 	}
 }

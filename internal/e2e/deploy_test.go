@@ -664,6 +664,68 @@ func TestDeployCommand(t *testing.T) {
 	}
 }
 
+// hearth cache prune keeps what each deploy target runs, with its whole closure, however long ago
+// it was pushed: a target rebuilt or rolled back pulls it from the cache again. It asks the target
+// itself, over SSH, what it runs.
+func TestCachePruneKeepsDeployedSystems(t *testing.T) {
+	f := startFleet(t, 1)
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	cfg := f.config(t, fmt.Sprintf("\n[cache.file]\ndir = %q\n", cacheDir), "", nil)
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	sys := hostSystem(t, "prune-deployed-"+nonce, "ok")
+	if out, err := hearthDeploy(t, cfg, "t1="+sys); err != nil {
+		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	if s := stateOf(t, f.Targets()[0]); s.current != sys {
+		t.Fatalf("the target runs %s, want %s", s.current, sys)
+	}
+	undeployed := hostSystem(t, "prune-undeployed-"+nonce, "ok")
+	if out, err := runHearth(cfg, "cache", "push", sys, undeployed); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	closure := func(p string) []string {
+		cmd := exec.Command("nix-store", "-qR", p)
+		cmd.Env = daemonOf(t).NixEnv()
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Fields(string(out))
+	}
+	kept, gone := closure(sys), closure(undeployed)
+	// The two systems share their stand-in dependencies; what only the undeployed one has must go.
+	gone = slices.DeleteFunc(gone, func(p string) bool { return slices.Contains(kept, p) })
+	if len(gone) == 0 {
+		t.Fatal("the undeployed system shares its whole closure with the deployed one")
+	}
+	long := time.Now().Add(-48 * time.Hour)
+	files, _ := filepath.Glob(filepath.Join(cacheDir, "*.narinfo"))
+	nars, _ := filepath.Glob(filepath.Join(cacheDir, "nar", "*"))
+	for _, file := range append(files, nars...) {
+		if err := os.Chtimes(file, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := runHearth(cfg, "cache", "prune", "--older-than", "1d")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("removed %d paths", len(gone))) {
+		t.Fatalf("prune: %v\n%s", err, out)
+	}
+	exists := func(p string) bool {
+		_, err := os.Stat(filepath.Join(cacheDir, strings.SplitN(filepath.Base(p), "-", 2)[0]+".narinfo"))
+		return err == nil
+	}
+	for _, p := range kept {
+		if !exists(p) {
+			t.Errorf("the prune removed %s, which t1's running system needs", p)
+		}
+	}
+	for _, p := range gone {
+		if exists(p) {
+			t.Errorf("the prune kept %s, which nothing needs", p)
+		}
+	}
+}
+
 // Two deploys to one target from this host: the second waits for the first, and says so. From
 // another runner host (its own lock dir), the target's own lock refuses the second.
 func TestDeployLocks(t *testing.T) {

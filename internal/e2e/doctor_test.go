@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,19 +54,7 @@ func failedChecks(lines []doctorLine) []string {
 // the returned stop is called.
 func watching(t *testing.T, cfg string) (stop func()) {
 	t.Helper()
-	cmd := exec.Command(parts.Hearth, "--config", cfg, "cache", "watch")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return startWatch(t, cfg).stop
 }
 
 // line is the doctor's line for check, failing the test when there is none.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/hearth-ci/hearth/internal/testenv"
@@ -108,3 +109,41 @@ func inContainer(pid int, id string) bool {
 }
 
 func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+
+// watch is a `hearth cache watch` a test runs, as the runner host's unit does.
+type watch struct {
+	logs syncBuffer
+	done chan struct{} // closed when the process has exited
+	stop func()
+}
+
+// startWatch runs `hearth cache watch` for cfg with args until t ends or stop is called.
+func startWatch(t *testing.T, cfg string, args ...string) *watch {
+	t.Helper()
+	w := &watch{done: make(chan struct{})}
+	cmd := exec.Command(parts.Hearth, append([]string{"--config", cfg, "cache", "watch"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &w.logs, &w.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(w.done) }()
+	var once sync.Once
+	w.stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-w.done
+		})
+	}
+	t.Cleanup(w.stop)
+	return w
+}
+
+// exited reports whether the watcher has ended.
+func (w *watch) exited() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}

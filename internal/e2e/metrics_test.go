@@ -31,13 +31,7 @@ func TestMetrics(t *testing.T) {
 	replaceInFile(t, cfg, fmt.Sprintf("state_dir = %q", parts.StateDir()), fmt.Sprintf("state_dir = %q", state))
 	t.Cleanup(func() { os.RemoveAll(state) })
 
-	watch := execCommand(parts.Hearth, "--config", cfg, "cache", "watch", "--interval", "200ms")
-	var logs syncBuffer
-	watch.Stdout, watch.Stderr = &logs, &logs
-	if err := watch.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
+	startWatch(t, cfg, "--interval", "200ms")
 	waitFor(t, "cache watch to serve metrics on "+addr, 15*time.Second, func() bool {
 		_, err := scrapeMetrics(addr)
 		return err == nil
@@ -129,6 +123,38 @@ func TestMetrics(t *testing.T) {
 	}
 	if spool, err := os.Stat(filepath.Join(state, "metrics", "events")); err != nil || spool.Size() != 0 {
 		t.Errorf("the spool is not empty after a scrape: %v, %v", spool, err)
+	}
+}
+
+// A metrics listener that cannot start (its port taken) is logged, and the watcher goes on pushing:
+// metrics are not worth a queue that no longer drains.
+func TestCacheWatchPushesWhenMetricsCannotListen(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n\n[metrics]\nlisten = %q\n", dir, taken.Addr()))
+	w := startWatch(t, cfg, "--interval", "200ms")
+	built, err := daemonOf(t).BuildChain(fmt.Sprint("nolisten-", time.Now().UnixNano()), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "cache watch to push the built paths", 30*time.Second, func() bool {
+		if w.exited() {
+			t.Fatalf("cache watch exited:\n%s", w.logs.String())
+		}
+		for _, p := range built {
+			h := strings.SplitN(filepath.Base(p), "-", 2)[0]
+			if _, err := os.Stat(filepath.Join(dir, h+".narinfo")); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	if logs := w.logs.String(); !strings.Contains(logs, "cannot serve metrics; pushes go on") || !strings.Contains(logs, "address already in use") {
+		t.Fatalf("the watcher does not say why there are no metrics:\n%s", logs)
 	}
 }
 

@@ -54,6 +54,12 @@ var rules = []rule{
 	{from: module + "/deploy", to: module + "/cache", deps: true, why: "a target pulls from its caches itself; deploys need no cache client"},
 	{from: module + "/executor", to: module + "/deploy", deps: true, why: "the executor knows nothing of deploys"},
 	{from: module + "/cache", to: module + "/deploy", deps: true, why: "the cache knows nothing of deploys"},
+	{from: module + "/metrics", to: module + "/driver", deps: true, why: "metrics count what others record; they know none of them"},
+	{from: module + "/metrics", to: module + "/cache", deps: true, why: "metrics count what others record; they know none of them"},
+	{from: module + "/metrics", to: module + "/executor", deps: true, why: "metrics count what others record; they know none of them"},
+	{from: module + "/metrics", to: module + "/deploy", deps: true, why: "metrics count what others record; they know none of them"},
+	{from: module + "/cache", to: module + "/metrics", deps: true, except: []string{module + "/cache/open"}, why: "the cache reports through its Meter; cache/open wires it to the metrics"},
+	{from: "", to: "github.com/prometheus/", deps: false, except: []string{module + "/metrics"}, why: "only metrics speaks Prometheus"},
 	{from: "", to: "golang.org/x/crypto/ssh", deps: false, except: []string{module + "/deploy", module + "/internal/"}, why: "only deploy speaks SSH (and the tests' targets)"},
 }
 
@@ -121,7 +127,7 @@ func TestImportRules(t *testing.T) {
 
 // testHelpers are the packages outside internal/ that only tests import: helpers beside the code
 // they test, as net/http/httptest is.
-var testHelpers = []string{module + "/cache/cachetest"}
+var testHelpers = []string{module + "/cache/cachetest", module + "/metrics/metricstest"}
 
 // production reports whether a package of the module is production code: not under internal/,
 // which holds tests and tools, and not a test helper.

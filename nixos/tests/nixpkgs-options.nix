@@ -271,6 +271,10 @@ in
     # nixos/modules/system/boot/resolved.nix @ db59d03371a1ca74896c812e1653d5bccc0bc0f4
     services.resolved.enable = opt types.bool false;
 
+    # nixos/modules/tasks/network-interfaces.nix @ 003a3fd2f05c2fe13e1bb6db3158d33004723870; its
+    # default there is config.system.nixos.distroId, which is "nixos".
+    networking.hostName = opt (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
+
     # nixos/modules/services/monitoring/grafana.nix @ 88c82ee3ecd674f2a7a7f599170d505260849c49:
     # enable (line 300, an mkEnableOption), provision.dashboards (lines 1208–1257) and its
     # providers' type, grafanaTypes.dashboardConfig (lines 144–163): a submodule whose freeform

@@ -1,8 +1,9 @@
 # A runner host in a VM (pkgs.testers.runNixOSTest): the runner module with its defaults — two trust
 # tiers, the bridge network, the file cache — and one job run through hearth with `hearth exec`,
 # which builds a derivation in the unprotected tier and, on a protected ref, in the protected one,
-# whose output reaches the cache. Needs KVM and nixpkgs; hearth's own CI cannot run it (see the
-# README), so it runs as `nix build .#checks.x86_64-linux.vm` on a machine that can.
+# whose output reaches the cache; the watcher's metrics count both. Needs KVM and nixpkgs; hearth's
+# own CI cannot run it (see the README), so it runs as `nix build .#checks.x86_64-linux.vm` on a
+# machine that can.
 { self }:
 { lib, ... }:
 {
@@ -20,6 +21,7 @@
         settings.cache.file.signing_key_file = "/etc/hearth/vm-test-1.secret";
       };
       services.gitlab-runner.enable = lib.mkForce false;
+      environment.systemPackages = [ pkgs.curl ];
       environment.etc."hearth/ci/.gitlab-ci.yml".text = ''
         build:
           script:
@@ -45,6 +47,11 @@
     out = machine.succeed("cd /etc/hearth/ci && hearth exec --protected -f .gitlab-ci.yml build 2>&1")
     assert "Nix: the protected tier" in out, out
     machine.succeed("ls /var/lib/hearth/binary-cache/*.narinfo")
+
+    # The watcher's metrics count both jobs' prepares and the protected job's push.
+    metrics = machine.succeed("curl -sf http://127.0.0.1:9863/metrics")
+    assert 'hearth_stage_duration_seconds_count{stage="prepare"} 2' in metrics, metrics
+    assert 'hearth_cache_pushed_paths_total{backend="file"} 0' not in metrics, metrics
 
     # What the jobs left is gone after gc.
     machine.succeed("hearth gc")

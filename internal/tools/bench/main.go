@@ -5,6 +5,7 @@
 //     driver, against `ctr run --rm` of the same environment running true;
 //   - the time of a second build of a derivation that takes 5 s, against the first;
 //   - the whole job on the bridge network against the host network (network.go);
+//   - the whole job with metrics recorded and scraped against without (metrics.go);
 //   - the first build in the unprotected tier of what the protected tier built and pushed,
 //     against a second build in the protected tier (network.go);
 //   - the cache's pushes, against nix copy (cache.go), and a push to S3 throttled by 503 SlowDown
@@ -37,7 +38,7 @@ func main() {
 	cacheRuns := flag.Int("cache-runs", 3, "runs of each cache measurement")
 	deployRuns := flag.Int("deploy-runs", 5, "runs of each deploy measurement")
 	bigRuns := flag.Int("big-runs", 3, "runs of the 200 MiB transfer measurement")
-	only := flag.String("only", "", `"job", "network", "tiers", "throttle", "cache" or "deploy": run only those benchmarks`)
+	only := flag.String("only", "", `"job", "network", "metrics", "tiers", "throttle", "cache" or "deploy": run only those benchmarks`)
 	flag.Parse()
 	if err := run(*runs, *builds, *cacheRuns, *deployRuns, *bigRuns, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -66,6 +67,11 @@ func run(runs, builds, cacheRuns, deployRuns, bigRuns int, only string) error {
 	}
 	if only == "" || only == "network" {
 		if err := benchNetwork(parts, runs); err != nil {
+			return err
+		}
+	}
+	if only == "" || only == "metrics" {
+		if err := benchMetrics(parts, runs); err != nil {
 			return err
 		}
 	}
