@@ -669,8 +669,8 @@ func TestDeployCommand(t *testing.T) {
 // itself, over SSH, what it runs.
 func TestCachePruneKeepsDeployedSystems(t *testing.T) {
 	f := startFleet(t, 1)
-	cacheDir := filepath.Join(t.TempDir(), "cache")
-	cfg := f.config(t, fmt.Sprintf("\n[cache.file]\ndir = %q\n", cacheDir), "", nil)
+	cacheDir := f.cache.Dir // the file cache the target pulls from
+	cfg := f.config(t, "", "", nil)
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	sys := hostSystem(t, "prune-deployed-"+nonce, "ok")
 	if out, err := hearthDeploy(t, cfg, "t1="+sys); err != nil {
@@ -683,6 +683,8 @@ func TestCachePruneKeepsDeployedSystems(t *testing.T) {
 	if out, err := runHearth(cfg, "cache", "push", sys, undeployed); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
+	// Both are pushed, so nothing keeps them queued: only what t1 runs keeps the deployed one.
+	unqueue(t, daemonOf(t))
 	closure := func(p string) []string {
 		cmd := exec.Command("nix-store", "-qR", p)
 		cmd.Env = daemonOf(t).NixEnv()
@@ -706,7 +708,13 @@ func TestCachePruneKeepsDeployedSystems(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out, err := runHearth(cfg, "cache", "prune", "--older-than", "1d")
+	// The control: without the target in the config, the deployed system would go too.
+	noTarget := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n", cacheDir))
+	out, err := runHearth(noTarget, "cache", "prune", "--older-than", "1d", "--dry-run")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("would remove %d paths", len(kept)+len(gone))) {
+		t.Fatalf("dry run without the target: %v\n%s", err, out)
+	}
+	out, err = runHearth(cfg, "cache", "prune", "--older-than", "1d")
 	if err != nil || !strings.Contains(out, fmt.Sprintf("removed %d paths", len(gone))) {
 		t.Fatalf("prune: %v\n%s", err, out)
 	}
