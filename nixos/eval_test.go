@@ -25,7 +25,10 @@ const LibEnv = "HEARTH_NIXPKGS_LIB"
 // evaluation is what nixos/tests/eval.nix returns.
 type evaluation struct {
 	Failed []string `json:"failed"`
-	Etc    map[string]struct {
+	// Undescribed are hearth's options with no description; HearthOptions counts them all.
+	Undescribed   []string `json:"undescribed"`
+	HearthOptions int      `json:"hearthOptions"`
+	Etc           map[string]struct {
 		Source string          `json:"source"`
 		Value  json.RawMessage `json:"value"`
 		Text   *string         `json:"text"`
@@ -147,6 +150,15 @@ func runnerHost(body string, extra ...string) string {
 }`, body, strings.Join(extra, "\n  "))
 }
 
+// everyOptionDescribed fails t when one of the module's options (at least `least` of them, so that
+// the list is known to be read) has no description.
+func everyOptionDescribed(t *testing.T, e evaluation, least int) {
+	t.Helper()
+	if e.HearthOptions < least || len(e.Undescribed) > 0 {
+		t.Errorf("of %d options, these have no description: %q", e.HearthOptions, e.Undescribed)
+	}
+}
+
 // hearthConfig is the TOML the module renders, as hearth's strict config.Parse reads it.
 func hearthConfig(t *testing.T, e evaluation) (*config.Config, string) {
 	t.Helper()
@@ -200,6 +212,7 @@ func TestRunnerModule(t *testing.T) {
 	if len(e.Failed) != 0 {
 		t.Fatalf("a minimal config fails assertions: %q", e.Failed)
 	}
+	everyOptionDescribed(t, e, 60)
 	c, rendered := hearthConfig(t, e)
 	const ciEnv = "/nix/store/00000000000000000000000000000000-hearth-ci-env"
 	tiers := c.Nix.Tiers()
@@ -494,6 +507,7 @@ func TestAtticServerModule(t *testing.T) {
 	if len(e.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", e.Failed)
 	}
+	everyOptionDescribed(t, e, 8)
 	var a struct {
 		Enable          bool   `json:"enable"`
 		EnvironmentFile string `json:"environmentFile"`
@@ -576,6 +590,7 @@ func TestDeployTargetModule(t *testing.T) {
 	if len(root.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", root.Failed)
 	}
+	everyOptionDescribed(t, root, 5)
 	if !strings.Contains(string(root.NixSettings["substituters"]), "https://attic.example.com/team") || !strings.Contains(string(root.NixSettings["trusted-public-keys"]), "team:AAAA") {
 		t.Errorf("nix.settings: %v", root.NixSettings)
 	}

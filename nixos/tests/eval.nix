@@ -15,15 +15,25 @@
 let
   lib = import (/. + nixpkgsLib + "/lib");
   pkgs = import ./stub-pkgs.nix { inherit lib; };
-  config =
-    (lib.evalModules {
-      modules = [
-        ./nixpkgs-options.nix
-        (/. + module)
-        (/. + configuration)
-        { _module.args.pkgs = pkgs; }
-      ];
-    }).config;
+  evaluated = lib.evalModules {
+    modules = [
+      ./nixpkgs-options.nix
+      (/. + module)
+      (/. + configuration)
+      { _module.args.pkgs = pkgs; }
+    ];
+  };
+  inherit (evaluated) config;
+  # hearth's own options (and their submodules' options, as the NixOS manual lists them) that
+  # have no description.
+  undescribed = map (o: o.name) (
+    builtins.filter (
+      o: lib.hasPrefix "services.hearth" o.name && (o.description or null == null || o.description == "")
+    ) (lib.optionAttrSetToDocList evaluated.options)
+  );
+  hearthOptions = builtins.length (
+    builtins.filter (o: lib.hasPrefix "services.hearth" o.name) (lib.optionAttrSetToDocList evaluated.options)
+  );
   # A unit as its file would say it, less what only systemd reads.
   unit = u: {
     inherit (u)
@@ -50,6 +60,7 @@ let
 in
 {
   failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+  inherit undescribed hearthOptions;
   inherit etc;
   services = lib.mapAttrs (_: unit) config.systemd.services;
   timers = lib.mapAttrs (_: t: { inherit (t) wantedBy timerConfig; }) config.systemd.timers;
