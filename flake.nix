@@ -18,7 +18,7 @@
 
       # The hash of what `go mod vendor` makes from go.mod and go.sum. nixos/flake_test.go computes
       # it and fails, naming the right value, when this one is stale.
-      vendorHash = "sha256-cJektm34Nbv+/QUteFhnEaH/cT51Zg3wNT6v3ekj4Ic=";
+      vendorHash = "sha256-/AHLNtsKSQpDyEhQ7bb6JCs3kY9BeHy2seUCh4kguC4=";
 
       hearthFor =
         pkgs:
