@@ -3,6 +3,7 @@ package nixos
 import (
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,18 +25,7 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	queried := metricstest.QueriedMetrics(queries)
-	cfg := config.Default()
-	cfg.Jobs.StateDir = t.TempDir()
-	cfg.Deploy.Targets = map[string]config.Target{"web": {}}
-	r := metrics.New(&cfg, "test", metrics.Sources{
-		Queue:    func() ([]time.Time, error) { return nil, nil },
-		Rejected: func() (int, error) { return 0, nil },
-	})
-	fams, err := r.Gatherer().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	exported := metricstest.FromGathered(fams)
+	exported := exportedMetrics(t)
 	for _, name := range queried {
 		if !exported.Has(name) {
 			t.Errorf("the dashboard queries %s, which hearth does not export", name)
@@ -51,4 +41,46 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 			t.Errorf("the dashboard does not show %s", want)
 		}
 	}
+}
+
+// The alert rules the README suggests query metrics hearth exports, too.
+func TestReadmeAlertsQueryExportedMetrics(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exprs []string
+	for line := range strings.Lines(string(readme)) {
+		if e, ok := strings.CutPrefix(strings.TrimSpace(line), "expr: "); ok {
+			exprs = append(exprs, e)
+		}
+	}
+	queried := metricstest.QueriedMetrics(exprs)
+	if len(queried) < 4 {
+		t.Fatalf("the README's alerts query %v: the rules were not found", queried)
+	}
+	exported := exportedMetrics(t)
+	for _, name := range queried {
+		if !exported.Has(name) {
+			t.Errorf("the README's alerts query %s, which hearth does not export", name)
+		}
+	}
+}
+
+// exportedMetrics are the metrics of a fresh cache watch's registry, on a host with a deploy
+// target, before anything has happened.
+func exportedMetrics(t *testing.T) metricstest.Families {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Jobs.StateDir = t.TempDir()
+	cfg.Deploy.Targets = map[string]config.Target{"web": {}}
+	r := metrics.New(&cfg, "test", metrics.Sources{
+		Queue:    func() ([]time.Time, error) { return nil, nil },
+		Rejected: func() (int, error) { return 0, nil },
+	})
+	fams, err := r.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return metricstest.FromGathered(fams)
 }
