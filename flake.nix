@@ -18,7 +18,7 @@
 
       # The hash of what `go mod vendor` makes from go.mod and go.sum. nixos/flake_test.go computes
       # it and fails, naming the right value, when this one is stale.
-      vendorHash = "sha256-/AHLNtsKSQpDyEhQ7bb6JCs3kY9BeHy2seUCh4kguC4=";
+      vendorHash = "sha256-qv9rpTgJd1tci4GlpnIZtusXrZTmc981m9C19iq5dwA=";
 
       hearthFor =
         pkgs:

@@ -49,8 +49,8 @@ func (s Spool) Record(evs ...Event) error {
 	// The dir above the spool's is the state dir, which job containers must be able to search:
 	// made here first (by a watcher's push before any job), it must not be private.
 	dir := filepath.Dir(s.Path)
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("make the metrics spool's dir: %w", err)
+	if err := searchableDir(filepath.Dir(dir)); err != nil {
+		return err
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("make the metrics spool's dir: %w", err)
@@ -148,4 +148,22 @@ func RecorderFor(cfg *config.Config) *Recorder {
 		return NewRecorder("")
 	}
 	return NewRecorder(SpoolPath(cfg))
+}
+
+// searchableDir makes dir when it is missing, and makes it searchable by all whatever the umask,
+// as the executor does with the state dir.
+func searchableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o055 != 0o055 {
+		if err := os.Chmod(dir, perm|0o755); err != nil {
+			return fmt.Errorf("make %s searchable by job containers: %w", dir, err)
+		}
+	}
+	return nil
 }

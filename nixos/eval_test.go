@@ -478,7 +478,9 @@ func TestRunnerModuleAssertions(t *testing.T) {
 		{"a prune of an Attic cache", `settings.cache.backend = "attic"; settings.cache.attic = { endpoint = "https://attic.example.com/"; cache = "team"; }; cachePrune.olderThan = "90d";`, "",
 			"services.hearth.cachePrune is for file and S3 caches"},
 		{"metrics on a host name", `metrics.listen = "localhost:9863";`, "",
-			`services.hearth.metrics.listen = "localhost:9863": give an IP address and a port`},
+			`services.hearth.metrics.listen (settings.metrics.listen) = "localhost:9863": give an IP address and a port`},
+		{"metrics on a port past 65535", `settings.metrics.listen = "127.0.0.1:99999";`, "",
+			`(settings.metrics.listen) = "127.0.0.1:99999": give an IP address and a port`},
 		{"a Grafana that takes dashboards from a path", "", `services.grafana = { enable = true; provision.dashboards.path = "/var/lib/grafana-dashboards"; };`,
 			"services.grafana.provision.dashboards.path is set"},
 	} {

@@ -23,6 +23,12 @@ let
   toml = pkgs.formats.toml { };
 
   hearth = "${cfg.package}/bin/hearth";
+
+  # An address hearth's [metrics] listen takes: an IPv4 address or a bracketed IPv6 one (with its
+  # zone), and a port of 1 to 65535.
+  octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+  port = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+  listenAddress = "(${octet}\\.${octet}\\.${octet}\\.${octet}|\\[[0-9a-fA-F:]*:[0-9a-fA-F:.]*(%[A-Za-z0-9_.-]+)?]):${port}";
   configFile = "/etc/hearth/config.toml";
 
   protectedSocket = "/nix/var/nix/daemon-socket/socket";
@@ -630,8 +636,8 @@ in
         ++ [
           {
             # hearth refuses anything else, and every driver stage would fail on it.
-            assertion = s.metrics.listen == "" || builtins.match "([0-9.]+|\\[[0-9a-fA-F:.]+]):[0-9]+" s.metrics.listen != null;
-            message = "services.hearth.metrics.listen = \"${s.metrics.listen}\": give an IP address and a port, e.g. \"127.0.0.1:9863\" or \"[::1]:9863\", not a host name.";
+            assertion = s.metrics.listen == "" || builtins.match listenAddress s.metrics.listen != null;
+            message = "services.hearth.metrics.listen (settings.metrics.listen) = \"${s.metrics.listen}\": give an IP address and a port, e.g. \"127.0.0.1:9863\" or \"[::1]:9863\", not a host name.";
           }
         ]
         ++ map (p: {

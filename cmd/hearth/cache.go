@@ -149,12 +149,15 @@ func watchAction(c *cli.Context) error {
 	if cfg.Metrics.Listen == "" {
 		return open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		serveMetrics(ctx, cfg, log)
 	}()
 	err = open.Watcher(cfg, c.Duration("interval"), log).Run(ctx)
+	cancel() // the metrics end with the watcher, however it ended
 	<-served
 	return err
 }
@@ -177,6 +180,10 @@ func serveMetrics(ctx context.Context, cfg *config.Config, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case <-time.After(metricsRetry):
+		}
+		// Meanwhile the stages' events are still counted, so the spool does not fill up.
+		if err := reg.DrainSpool(ctx); err != nil && ctx.Err() == nil {
+			log.Error("cannot read the metrics spool", "err", err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -198,7 +199,7 @@ var probeTool struct {
 }
 
 // The attacks of a hostile job (internal/tools/probe), each refused: mount, new namespaces, raw
-// and packet sockets, keyrings, device nodes, writes to /proc/sys and /sys, ptrace of the agent and
+// and packet sockets, the kernel's crypto (AF_ALG) and vsock sockets, keyrings, device nodes, writes to /proc/sys and /sys, ptrace of the agent and
 // its environment, the host's processes, reboot, the clock, kernel modules, and the sockets of
 // containerd and the nix-daemon's state on the host. A process it leaves behind with setsid
 // nohup does not survive cleanup.
@@ -220,14 +221,32 @@ func TestHostileJobIsRefused(t *testing.T) {
 		t.Fatalf("%s\n%s", res, log)
 	}
 	probes := regexp.MustCompile(`(?m)^probe (.+): (denied|ALLOWED).*$`).FindAllStringSubmatch(log, -1)
-	if len(probes) != 17+len(sockets) {
-		t.Fatalf("the probe ran %d attacks, want %d:\n%s", len(probes), 17+len(sockets), log)
+	if len(probes) != 19+len(sockets) {
+		t.Fatalf("the probe ran %d attacks, want %d:\n%s", len(probes), 19+len(sockets), log)
 	}
+	// The socket families the seccomp filter refuses are refused by it, not merely missing from
+	// this kernel: EPERM, where a kernel without them says EAFNOSUPPORT.
+	seccomped := map[string]bool{"af-alg-socket": true, "vsock-socket": true}
 	for _, p := range probes {
 		if p[2] != "denied" {
 			t.Errorf("a job could %s", p[1])
 		}
+		if seccomped[p[1]] && !strings.Contains(p[0], "operation not permitted") {
+			t.Errorf("the seccomp filter does not refuse %s: %s", p[1], p[0])
+		}
 		t.Log(p[0])
+	}
+	// The control: on the host, outside the filter, the same sockets are not refused with EPERM.
+	// Only those run there: the other attacks would change the host.
+	host, err := exec.Command(filepath.Join(probeTool.dir, "probe"), "-only", "af-alg-socket", "vsock-socket").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range seccomped {
+		line := regexp.MustCompile(`(?m)^probe ` + name + `: .*$`).Find(host)
+		if line == nil || strings.Contains(string(line), "operation not permitted") || len(bytes.Split(bytes.TrimSpace(host), []byte("\n"))) != len(seccomped) {
+			t.Errorf("on the host, outside any job, the probe says %q: the job's EPERM proves nothing", line)
+		}
 	}
 	if t.Failed() {
 		t.Fatalf("the job log:\n%s", log)

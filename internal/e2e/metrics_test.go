@@ -26,10 +26,7 @@ func TestMetrics(t *testing.T) {
 			// A target, which no job here deploys to: its deploy counters are exported at 0, as on
 			// any host with targets (one without has no deploys to show).
 			"\n[deploy.targets.web]\nhost = \"192.0.2.1\"\nknown_hosts_file = \"/etc/hearth/known_hosts\"\nidentity_file = \"/etc/hearth/id\"\nprojects = [\"7\"]\n")
-	// A state dir of the test's own, so that the spool holds only this test's events.
-	state := filepath.Join(parts.Dir, fmt.Sprintf("ms%d", time.Now().UnixNano()%1000))
-	replaceInFile(t, cfg, fmt.Sprintf("state_dir = %q", parts.StateDir()), fmt.Sprintf("state_dir = %q", state))
-	t.Cleanup(func() { os.RemoveAll(state) })
+	state := ownStateDir(t, cfg)
 
 	startWatch(t, cfg, "--interval", "200ms")
 	waitFor(t, "cache watch to serve metrics on "+addr, 15*time.Second, func() bool {
@@ -136,6 +133,7 @@ func TestCacheWatchPushesWhenMetricsCannotListen(t *testing.T) {
 	defer taken.Close()
 	dir := t.TempDir()
 	cfg := writeCacheConfig(t, "", "", fmt.Sprintf("\n[cache.file]\ndir = %q\n\n[metrics]\nlisten = %q\n", dir, taken.Addr()))
+	ownStateDir(t, cfg)
 	w := startWatch(t, cfg, "--interval", "200ms")
 	built, err := daemonOf(t).BuildChain(fmt.Sprint("nolisten-", time.Now().UnixNano()), 2)
 	if err != nil {
@@ -156,6 +154,16 @@ func TestCacheWatchPushesWhenMetricsCannotListen(t *testing.T) {
 	if logs := w.logs.String(); !strings.Contains(logs, "cannot serve metrics; pushes go on") || !strings.Contains(logs, "address already in use") {
 		t.Fatalf("the watcher does not say why there are no metrics:\n%s", logs)
 	}
+}
+
+// ownStateDir gives cfg a state dir of the test's own (short: agent sockets live there), so that
+// the metrics spool holds only the test's events, and returns it.
+func ownStateDir(t *testing.T, cfg string) string {
+	t.Helper()
+	state := filepath.Join(parts.Dir, fmt.Sprintf("ms%d", time.Now().UnixNano()%100000))
+	replaceInFile(t, cfg, fmt.Sprintf("state_dir = %q", parts.StateDir()), fmt.Sprintf("state_dir = %q", state))
+	t.Cleanup(func() { os.RemoveAll(state) })
+	return state
 }
 
 // freeLoopbackAddr is a port on 127.0.0.1 that nothing listens on.

@@ -39,7 +39,7 @@ func benchMetrics(parts *testenv.Parts, runs int) error {
 	defer func() { watch.Process.Kill(); watch.Wait() }()
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	scrapes := make(chan int)
+	scrapes := make(chan int, 1) // read only when the jobs all ran
 	go func() {
 		n := 0
 		defer func() { scrapes <- n }()
