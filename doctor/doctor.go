@@ -63,6 +63,21 @@ type Doctor struct {
 	WatchWait time.Duration
 	// Version is this hearth's, which the watcher serving the metrics should run too.
 	Version string
+
+	// The cache, opened once for the checks that ask it (see backend).
+	opened     bool
+	backendOf  cache.Backend
+	backendErr error
+}
+
+// backend opens the configured cache the first time a check asks for it, and hands the same
+// connection (or the same error) to every later check.
+func (d *Doctor) backend(ctx context.Context) (cache.Backend, error) {
+	if !d.opened {
+		d.opened = true
+		d.backendOf, d.backendErr = open.Backend(ctx, d.Config)
+	}
+	return d.backendOf, d.backendErr
 }
 
 func ok(check, detail string) Result { return Result{Check: check, OK: true, Detail: detail} }
@@ -316,7 +331,7 @@ func (d *Doctor) isQueued(probe string) (bool, error) {
 
 // inCache says whether the cache holds path.
 func (d *Doctor) inCache(ctx context.Context, path string) bool {
-	b, err := open.Backend(ctx, d.Config)
+	b, err := d.backend(ctx)
 	if err != nil {
 		return false
 	}
@@ -453,7 +468,7 @@ func (d *Doctor) metrics(ctx context.Context) Result {
 // cache opens the cache, pushes the probe to it (which shows hearth may write there), and checks
 // that the key it signs with is one this host's Nix trusts.
 func (d *Doctor) cache(ctx context.Context, probe string) []Result {
-	b, err := open.Backend(ctx, d.Config)
+	b, err := d.backend(ctx)
 	if err != nil {
 		return []Result{bad("cache", err.Error(), "fix [cache]: the backend's settings and the files they name")}
 	}

@@ -2,6 +2,7 @@ package nixos
 
 import (
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -14,7 +15,8 @@ import (
 
 // Every metric the Grafana dashboard queries is one hearth exports, as a fresh cache watch's
 // registry has it before anything has happened (the end-to-end metrics test checks the same
-// against a real scrape), and the dashboard shows what operators look at first.
+// against a real scrape), with label values hearth gives, and the dashboard shows what operators
+// look at first.
 func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	src, err := os.ReadFile("dashboards/hearth.json")
 	if err != nil {
@@ -31,6 +33,7 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 			t.Errorf("the dashboard queries %s, which hearth does not export", name)
 		}
 	}
+	knownLabelValues(t, "the dashboard's query", queries)
 	for _, want := range []string{
 		"hearth_cache_queue_entries", "hearth_cache_queue_oldest_seconds", "hearth_cache_rejected_entries",
 		"hearth_cache_pushed_paths_total", "hearth_cache_pushed_bytes_total", "hearth_cache_push_failures_total",
@@ -43,7 +46,7 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	}
 }
 
-// The alert rules the README suggests query metrics hearth exports, too.
+// The alert rules the README suggests query metrics hearth exports, with label values it gives.
 func TestReadmeAlertsQueryExportedMetrics(t *testing.T) {
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -63,6 +66,28 @@ func TestReadmeAlertsQueryExportedMetrics(t *testing.T) {
 	for _, name := range queried {
 		if !exported.Has(name) {
 			t.Errorf("the README's alerts query %s, which hearth does not export", name)
+		}
+	}
+	knownLabelValues(t, "the README's alert", exprs)
+}
+
+// knownLabelValues fails t when one of exprs matches a label hearth bounds (fault, result,
+// reason, backend) against a value hearth never gives: a query that can never match.
+func knownLabelValues(t *testing.T, what string, exprs []string) {
+	t.Helper()
+	known := map[string][]string{"fault": metrics.Faults, "result": metrics.DeployResults, "reason": metrics.PrepareReasons, "backend": metrics.Backends}
+	matcher := regexp.MustCompile(`(\w+)=~?"([^"]*)"`)
+	for _, e := range exprs {
+		for _, m := range matcher.FindAllStringSubmatch(e, -1) {
+			values, ok := known[m[1]]
+			if !ok {
+				continue
+			}
+			for _, v := range strings.Split(m[2], "|") {
+				if !slices.Contains(values, v) {
+					t.Errorf("%s %q matches %s=%q, a value hearth never gives (it gives %v)", what, e, m[1], v, values)
+				}
+			}
 		}
 	}
 }
