@@ -1,14 +1,16 @@
 // Package doctor checks a runner host as hearth will use it, one line per thing that can be
 // wrong, probing where it can rather than reading files: it connects to containerd and to each
 // tier's nix-daemon, builds a tiny derivation in each tier to see the sandbox and the
-// post-build-hook at work, asks each daemon as a job's uid whether it trusts it, pushes the probe
-// to the cache, scrapes the watcher's metrics, logs in to each deploy target, and puts a network
-// namespace on the jobs' bridge to try the host's addresses from it.
+// post-build-hook at work, asks each daemon as a job's uid whether it trusts it, has a
+// fixed-output build in each tier try the host's addresses, pushes the probe to the cache, scrapes
+// the watcher's metrics, logs in to each deploy target, and puts a network namespace on the jobs'
+// bridge to try the host's addresses from it.
 package doctor
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,7 +23,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -91,6 +95,12 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 	var rs []Result
 	rs = append(rs, d.containerd(ctx), runc(ctx), d.userNamespaces(ctx), d.subordinateIDs(), d.stateDir())
 	nonce := randomHex()
+	// Where the fetch probes knock; without it (no port to listen on) they are left out, and the
+	// job network's check says why.
+	host, err := listenOnHost()
+	if err == nil {
+		defer host.Close()
+	}
 	var probe string // what the protected tier built, for the cache checks
 	queued := false  // whether its post-build-hook queued it
 	for _, t := range cfg.Nix.Tiers() {
@@ -108,6 +118,9 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 		rs = append(rs, d.trust(ctx, name, t))
 		out, r := d.sandbox(ctx, name, t, nonce)
 		rs = append(rs, r)
+		if host != nil {
+			rs = append(rs, d.fetchNetwork(ctx, name, t, nonce, host))
+		}
 		if out != "" {
 			r, q := d.hook(ctx, name, t, out)
 			rs = append(rs, r)
@@ -282,6 +295,117 @@ func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce 
 	}
 	return path, ok(check, "builds run in the sandbox")
 }
+
+// FetchProbeOutput is what the fetch probe's builder writes: its hash is fixed in the derivation,
+// as a fetcher's is.
+const FetchProbeOutput = "hearth doctor fetch probe\n"
+
+// fetchReached marks the lines of the fetch probe's build log that name an address it reached.
+const fetchReached = "hearth-doctor-fetch reached "
+
+// FetchProbe tries each address at once, for a second (they are the host's own: an answer comes
+// in microseconds, a filter drops the attempt), and returns a line for each it reached. It runs
+// as the builder of a fixed-output derivation, in whatever network the daemon gives it.
+func FetchProbe(addrs []string) []string {
+	reached := make([]bool, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+				c.Close()
+				reached[i] = true
+			}
+		}()
+	}
+	wg.Wait()
+	var lines []string
+	for i, a := range addrs {
+		if reached[i] {
+			lines = append(lines, fetchReached+a)
+		}
+	}
+	return lines
+}
+
+// fetchNetwork builds a fixed-output derivation, which Nix builds in the daemon's network even in
+// the sandbox, whose builder tries the host's addresses where the doctor listens: a fetcher a job
+// asks for must reach none of the host's services, whatever the job's own network.
+func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, nonce string, host *hostListener) Result {
+	check := name + " fetchers"
+	nixEnv := append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
+	add := exec.CommandContext(ctx, "nix-store", "--add", d.Exe)
+	add.Env = nixEnv
+	out, err := add.Output()
+	if err != nil {
+		return bad(check, "adding the probe's builder to the store: "+err.Error(), "check that the daemon answers and its store has room")
+	}
+	builder := lastLine(string(out))
+	sum := sha256.Sum256([]byte(FetchProbeOutput))
+	expr := fmt.Sprintf(`derivation { name = "hearth-doctor-fetch-%s-%s"; system = builtins.currentSystem; builder = builtins.storePath %q; args = [ "doctor" "fetch-probe" %s ]; outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = %q; }`,
+		t.Name, nonce, builder, quoteAll(host.addrs), hex.EncodeToString(sum[:]))
+	build := exec.CommandContext(ctx, "nix-build", "--no-out-link", "-E", expr)
+	build.Env = nixEnv
+	var log strings.Builder
+	build.Stdout, build.Stderr = io.Discard, &log
+	if err := build.Run(); err != nil {
+		return bad(check, "the fixed-output probe failed: "+buildError(log.String()), "see the daemon's log")
+	}
+	var reached []string
+	for _, l := range strings.Split(log.String(), "\n") {
+		if _, a, ok := strings.Cut(l, fetchReached); ok {
+			reached = append(reached, strings.TrimSpace(a))
+		}
+	}
+	if len(reached) > 0 {
+		return bad(check, "a fixed-output build (a fetcher, which has the daemon's network whatever the job's) reached the host at "+strings.Join(reached, ", "),
+			"give the daemon's unit IPAddressDeny for localhost, link-local and the host's addresses (services.hearth does), or run it in a network namespace of its own with NAT")
+	}
+	return ok(check, fmt.Sprintf("a fixed-output build reaches none of the host's %d addresses", len(host.addrs)))
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, " ")
+}
+
+// hostListener accepts connections on every address of the host, for probes that must reach none
+// of them; addrs are its loopback address and the host's other IPv4 addresses, each with its port.
+type hostListener struct {
+	l     net.Listener
+	addrs []string
+}
+
+func listenOnHost() (*hostListener, error) {
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	h := &hostListener{l: l, addrs: []string{net.JoinHostPort("127.0.0.1", port)}}
+	ifaces, _ := net.InterfaceAddrs()
+	for _, a := range ifaces {
+		if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil && !ip.IP.IsLoopback() {
+			h.addrs = append(h.addrs, net.JoinHostPort(ip.IP.String(), port))
+		}
+	}
+	return h, nil
+}
+
+func (h *hostListener) Close() { h.l.Close() }
 
 // hook looks in the queue for the probe: the protected tier's post-build-hook must have queued it,
 // the unprotected tier's daemon must have no hook that queues for the cache. A watcher may have
@@ -557,28 +681,12 @@ func (d *Doctor) network(ctx context.Context, nonce string) Result {
 	case "host":
 		return bad(check, `"host": jobs share the host's network, and reach every service on its loopback and every other job's`, `set [jobs] network = "bridge"`)
 	}
-	l, err := net.Listen("tcp", ":0")
+	host, err := listenOnHost()
 	if err != nil {
 		return bad(check, err.Error(), "run hearth doctor as root")
 	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
-	addrs := []string{net.JoinHostPort("127.0.0.1", fmt.Sprint(port))}
-	ifaces, _ := net.InterfaceAddrs()
-	for _, a := range ifaces {
-		if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil && !ip.IP.IsLoopback() {
-			addrs = append(addrs, net.JoinHostPort(ip.IP.String(), fmt.Sprint(port)))
-		}
-	}
+	defer host.Close()
+	addrs := host.addrs
 	e := executor.New(d.Config)
 	defer e.Close()
 	reached, err := e.ProbeBridge(ctx, "hearth-doctor-"+nonce, addrs)

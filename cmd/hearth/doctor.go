@@ -18,9 +18,10 @@ func doctorCommand() *cli.Command {
 		Description: "Probes rather than reads: connects to containerd and to each tier's nix-daemon, builds a tiny\n" +
 			"derivation in each tier (to see the sandbox, the post-build-hook and cache watch at work) and\n" +
 			"pushes it to the cache (not with --no-push, nor when [cache] push = \"never\"), asks each daemon\n" +
-			"as a job's uid whether it trusts it, logs in to each deploy target, and\n" +
-			"puts a network namespace on the jobs' bridge to try the host's addresses from it. Each line is\n" +
-			"✓ or ✗ with what to do; the exit status is 1 when any line is ✗.",
+			"as a job's uid whether it trusts it, has a fixed-output build in each tier (a fetcher, with the\n" +
+			"daemon's network) try the host's addresses, scrapes cache watch's metrics, logs in to each deploy\n" +
+			"target, and puts a network namespace on the jobs' bridge to try the host's addresses from it.\n" +
+			"Each line is ✓ or ✗ with what to do; the exit status is 1 when any line is ✗.",
 		Flags: []cli.Flag{
 			configFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the checks as JSON, for monitoring"},
@@ -32,6 +33,19 @@ func doctorCommand() *cli.Command {
 			Hidden: true,
 			Action: func(c *cli.Context) error {
 				return os.WriteFile(os.Getenv("out"), []byte(fmt.Sprintln(os.Getpid())), 0o644)
+			},
+		}, {
+			// The builder of doctor's fixed-output probe, which has the daemon's network whatever
+			// the job's: it tries each address, says which it reached, and writes the output whose
+			// hash the derivation fixed.
+			Name:      "fetch-probe",
+			Hidden:    true,
+			ArgsUsage: "ADDRESS…",
+			Action: func(c *cli.Context) error {
+				for _, line := range doctor.FetchProbe(c.Args().Slice()) {
+					fmt.Println(line)
+				}
+				return os.WriteFile(os.Getenv("out"), []byte(doctor.FetchProbeOutput), 0o644)
 			},
 		}, {
 			// Run by doctor itself as a job's uid.

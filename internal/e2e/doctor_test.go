@@ -101,8 +101,18 @@ func TestDoctor(t *testing.T) {
 		return fmt.Sprintf("\n[deploy.targets.t1]\nhost = %q\nknown_hosts_file = %q\nidentity_file = %q\nprojects = [\"7\"]\n", tg.Addr, knownHosts, fleet.Identity)
 	}
 
-	p := daemonOf(t)
-	u := tierOf(t, false)
+	// The daemons of a host set up as the README says: each in a network namespace of its own,
+	// where fetchers reach the outside and nothing of the host.
+	p, err := parts.NewIsolatedDaemon()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	u, err := parts.NewIsolatedTierDaemon()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.Stop)
 	metricsOn := fmt.Sprintf("\n[metrics]\nlisten = %q\n", freeLoopbackAddr(t))
 	good := doctorConfig(t, p, u, parts.TeamKey, target(tg.KnownHosts)+metricsOn)
 	// On a state dir that does not exist yet, as on a fresh host: what the doctor makes there
@@ -115,8 +125,8 @@ func TestDoctor(t *testing.T) {
 		t.Fatalf("hearth doctor fails on the test environment: %q\n%+v", failed, lines)
 	}
 	for _, check := range []string{"containerd", "runc", "user namespaces", "job uid range", "state dir",
-		"nix-daemon (protected tier)", "nix-daemon (protected tier) trust", "nix-daemon (protected tier) sandbox", "nix-daemon (protected tier) post-build-hook",
-		"nix-daemon (unprotected tier)", "nix-daemon (unprotected tier) trust", "nix-daemon (unprotected tier) sandbox", "nix-daemon (unprotected tier) post-build-hook",
+		"nix-daemon (protected tier)", "nix-daemon (protected tier) trust", "nix-daemon (protected tier) sandbox", "nix-daemon (protected tier) fetchers", "nix-daemon (protected tier) post-build-hook",
+		"nix-daemon (unprotected tier)", "nix-daemon (unprotected tier) trust", "nix-daemon (unprotected tier) sandbox", "nix-daemon (unprotected tier) fetchers", "nix-daemon (unprotected tier) post-build-hook",
 		"queue", "cache watch", "rejected paths", "metrics", "cache", "cache key", "deploy target t1", "job network"} {
 		line(t, lines, check)
 	}
@@ -175,6 +185,10 @@ func TestDoctor(t *testing.T) {
 		{"cache watch stopped", "cache watch", "the probe is still queued after", "hearth cache watch", func(t *testing.T) (string, *testenv.Daemon) {
 			return doctorConfig(t, p, u, parts.TeamKey, ""), p
 		}},
+		{"fetchers on the host's network", "nix-daemon (unprotected tier) fetchers", "reached the host at 127.0.0.1:", "IPAddressDeny", func(t *testing.T) (string, *testenv.Daemon) {
+			// An unprotected tier whose daemon runs in the host's network namespace, unfiltered.
+			return doctorConfig(t, p, tierOf(t, false), parts.TeamKey, ""), p
+		}},
 		{"metrics not served", "metrics", "nothing serves http://", "hearth cache watch", func(t *testing.T) (string, *testenv.Daemon) {
 			// A watcher that pushes but serves no metrics: one started before they were turned on.
 			cfg := doctorConfig(t, p, u, parts.TeamKey, "")
@@ -211,7 +225,7 @@ func TestDoctor(t *testing.T) {
 // daemonWith is a daemon of t's own on the system store, with conf added to its nix.conf.
 func daemonWith(t *testing.T, conf string) *testenv.Daemon {
 	t.Helper()
-	d, err := parts.NewDaemonWith(conf)
+	d, err := parts.NewIsolatedDaemonWith(conf)
 	if err != nil {
 		t.Fatal(err)
 	}

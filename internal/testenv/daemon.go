@@ -48,28 +48,34 @@ func (e *Parts) NewDaemon() (*Daemon, error) {
 	return e.newDaemon(fmt.Sprintf("nix-%d", e.daemons))
 }
 
-// NewDaemonWith is NewDaemon with conf added to its nix.conf, whose later lines win over earlier
-// ones: a host's daemon set up wrong ("sandbox = false", "post-build-hook =").
-func (e *Parts) NewDaemonWith(conf string) (*Daemon, error) {
+// NewIsolatedDaemonWith is NewIsolatedDaemon with conf added to its nix.conf, whose later lines
+// win over earlier ones: a host's daemon set up wrong ("sandbox = false", "post-build-hook =").
+func (e *Parts) NewIsolatedDaemonWith(conf string) (*Daemon, error) {
 	e.daemons++
-	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, false, conf)
+	return e.startDaemon(fmt.Sprintf("nix-%d", e.daemons), "/", false, true, conf)
 }
 
 // NewTierDaemon starts a daemon on a store of its own, as the unprotected tier's: no
 // post-build-hook (nothing it builds is queued for the cache), and the team cache among its
 // substituters when substitute is set, as a tier substituting from the team cache read-only.
 func (e *Parts) NewTierDaemon(substitute bool) (*Daemon, error) {
-	return e.newTier(substitute, "", "")
+	return e.newTier(substitute, "", "", false)
+}
+
+// NewIsolatedTierDaemon is NewTierDaemon (without substituters) in a network namespace of its own,
+// as NewIsolatedDaemon: a runner host's unprotected tier set up as the README says.
+func (e *Parts) NewIsolatedTierDaemon() (*Daemon, error) {
+	return e.newTier(false, "", "", true)
 }
 
 // NewSmallTierDaemon is NewTierDaemon (without substituters) on a store of size bytes (a tmpfs,
 // "256m" say; "" for no bound of its own), with conf added to its nix.conf: a tier whose disk
 // fills up.
 func (e *Parts) NewSmallTierDaemon(size, conf string) (*Daemon, error) {
-	return e.newTier(false, size, conf)
+	return e.newTier(false, size, conf, false)
 }
 
-func (e *Parts) newTier(substitute bool, size, conf string) (*Daemon, error) {
+func (e *Parts) newTier(substitute bool, size, conf string, isolated bool) (*Daemon, error) {
 	e.daemons++
 	name := fmt.Sprintf("tier-%d", e.daemons)
 	root := filepath.Join(e.Dir, name, "root")
@@ -81,7 +87,7 @@ func (e *Parts) newTier(substitute bool, size, conf string) (*Daemon, error) {
 			return nil, fmt.Errorf("mount a %s store for the tier: %v: %s", size, err, out)
 		}
 	}
-	d, err := e.startDaemon(name, root, substitute, false, conf)
+	d, err := e.startDaemon(name, root, substitute, isolated, conf)
 	if err != nil {
 		if size != "" {
 			exec.Command("umount", "-l", root).Run()
