@@ -59,8 +59,9 @@ type Doctor struct {
 	Exe string
 	// Env is the environment of the nix commands the probes run (NIX_CONF_DIR, PATH).
 	Env []string
-	// NoPush leaves the cache unwritten: the doctor then only asks it what it holds. Pushes are
-	// also left out when the config never pushes.
+	// NoPush keeps the doctor from pushing: it then only asks the cache what it holds (as it does
+	// when the config never pushes). The post-build-hook still queues the probes, and a running
+	// cache watch pushes them.
 	NoPush bool
 	// WatchWait is how long the doctor waits for `hearth cache watch` to push its probe (default
 	// 10 s; the watcher looks at the queue every second).
@@ -95,10 +96,10 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 	var rs []Result
 	rs = append(rs, d.containerd(ctx), runc(ctx), d.userNamespaces(ctx), d.subordinateIDs(), d.stateDir())
 	nonce := randomHex()
-	// Where the fetch probes knock; without it (no port to listen on) they are left out, and the
-	// job network's check says why.
-	host, err := listenOnHost()
-	if err == nil {
+	// Where the fetch probes knock; without it (no port to listen on) each tier's fetchers line
+	// says why.
+	host, listenErr := listenOnHost()
+	if listenErr == nil {
 		defer host.Close()
 	}
 	var probe string // what the protected tier built, for the cache checks
@@ -118,9 +119,7 @@ func (d *Doctor) Run(ctx context.Context) []Result {
 		rs = append(rs, d.trust(ctx, name, t))
 		out, r := d.sandbox(ctx, name, t, nonce)
 		rs = append(rs, r)
-		if host != nil {
-			rs = append(rs, d.fetchNetwork(ctx, name, t, nonce, host))
-		}
+		rs = append(rs, d.fetchNetwork(ctx, name, t, nonce, host, listenErr))
 		if out != "" {
 			r, q := d.hook(ctx, name, t, out)
 			rs = append(rs, r)
@@ -300,12 +299,18 @@ func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce 
 // as a fetcher's is.
 const FetchProbeOutput = "hearth doctor fetch probe\n"
 
-// fetchReached marks the lines of the fetch probe's build log that name an address it reached.
-const fetchReached = "hearth-doctor-fetch reached "
+// The fetch probe's build log: a line for each address it reached, and one that says how many it
+// tried, without which a log that did not reach the doctor (an output that was already valid, a
+// build run elsewhere) would read as "none reached".
+const (
+	fetchReached = "hearth-doctor-fetch reached "
+	fetchTried   = "hearth-doctor-fetch tried "
+)
 
 // FetchProbe tries each address at once, for a second (they are the host's own: an answer comes
-// in microseconds, a filter drops the attempt), and returns a line for each it reached. It runs
-// as the builder of a fixed-output derivation, in whatever network the daemon gives it.
+// in microseconds, and a filter refuses the attempt or drops it), and returns a line for each it
+// reached, then the line saying how many it tried. It runs as the builder of a fixed-output
+// derivation, in whatever network the daemon gives it.
 func FetchProbe(addrs []string) []string {
 	reached := make([]bool, len(addrs))
 	var wg sync.WaitGroup
@@ -326,26 +331,36 @@ func FetchProbe(addrs []string) []string {
 			lines = append(lines, fetchReached+a)
 		}
 	}
-	return lines
+	return append(lines, fetchTried+strconv.Itoa(len(addrs)))
 }
 
 // fetchNetwork builds a fixed-output derivation, which Nix builds in the daemon's network even in
 // the sandbox, whose builder tries the host's addresses where the doctor listens: a fetcher a job
 // asks for must reach none of the host's services, whatever the job's own network.
-func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, nonce string, host *hostListener) Result {
+func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, nonce string, host *hostListener, listenErr error) Result {
 	check := name + " fetchers"
+	if listenErr != nil {
+		return bad(check, "the doctor could not listen for the probe: "+listenErr.Error(), "run hearth doctor as root")
+	}
 	nixEnv := append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
+	var stderr strings.Builder
 	add := exec.CommandContext(ctx, "nix-store", "--add", d.Exe)
-	add.Env = nixEnv
+	add.Env, add.Stderr = nixEnv, &stderr
 	out, err := add.Output()
 	if err != nil {
-		return bad(check, "adding the probe's builder to the store: "+err.Error(), "check that the daemon answers and its store has room")
+		return bad(check, fmt.Sprintf("adding the probe's builder to the store: %v: %s", err, buildError(stderr.String())), "check that the daemon answers and its store has room")
 	}
 	builder := lastLine(string(out))
+	addrs := append(append([]string(nil), host.addrs...), host.addrs6...)
+	quoted := make([]string, len(addrs))
+	for i, a := range addrs {
+		quoted[i] = nixString(a)
+	}
 	sum := sha256.Sum256([]byte(FetchProbeOutput))
-	expr := fmt.Sprintf(`derivation { name = "hearth-doctor-fetch-%s-%s"; system = builtins.currentSystem; builder = builtins.storePath %q; args = [ "doctor" "fetch-probe" %s ]; outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = %q; }`,
-		t.Name, nonce, builder, quoteAll(host.addrs), hex.EncodeToString(sum[:]))
-	build := exec.CommandContext(ctx, "nix-build", "--no-out-link", "-E", expr)
+	expr := fmt.Sprintf(`derivation { name = "hearth-doctor-fetch-%s-%s"; system = builtins.currentSystem; builder = builtins.storePath %s; args = [ "doctor" "fetch-probe" %s ]; outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "%x"; }`,
+		t.Name, nonce, nixString(builder), strings.Join(quoted, " "), sum)
+	// Built here, by this daemon, and not by a remote builder with a network of its own.
+	build := exec.CommandContext(ctx, "nix-build", "--no-out-link", "--option", "builders", "", "-E", expr)
 	build.Env = nixEnv
 	var log strings.Builder
 	build.Stdout, build.Stderr = io.Discard, &log
@@ -353,31 +368,40 @@ func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, n
 		return bad(check, "the fixed-output probe failed: "+buildError(log.String()), "see the daemon's log")
 	}
 	var reached []string
+	tried := ""
 	for _, l := range strings.Split(log.String(), "\n") {
 		if _, a, ok := strings.Cut(l, fetchReached); ok {
 			reached = append(reached, strings.TrimSpace(a))
 		}
+		if _, n, ok := strings.Cut(l, fetchTried); ok {
+			tried = strings.TrimSpace(n)
+		}
 	}
-	if len(reached) > 0 {
+	switch {
+	case tried != strconv.Itoa(len(addrs)):
+		return bad(check, "the fixed-output probe's log did not come back (is the build log off, or was the build run elsewhere?)", "run hearth doctor again; see the daemon's log")
+	case slices.ContainsFunc(reached, func(a string) bool { return strings.HasPrefix(a, "127.") || strings.HasPrefix(a, "[::1]") }):
 		return bad(check, "a fixed-output build (a fetcher, which has the daemon's network whatever the job's) reached the host at "+strings.Join(reached, ", "),
-			"give the daemon's unit IPAddressDeny for localhost, link-local and the host's addresses (services.hearth does), or run it in a network namespace of its own with NAT")
+			"the daemon's unit has neither an address filter nor a network namespace of its own: give it IPAddressDeny for localhost, link-local and the host's addresses (services.hearth does), or run it in a network namespace with NAT")
+	case len(reached) > 0:
+		return bad(check, "a fixed-output build (a fetcher, which has the daemon's network whatever the job's) reached the host at "+strings.Join(reached, ", "),
+			"deny the host's own addresses to the daemon's unit too: services.hearth.daemonNetwork.extraDeniedAddresses (IPAddressDeny)")
 	}
-	return ok(check, fmt.Sprintf("a fixed-output build reaches none of the host's %d addresses", len(host.addrs)))
+	return ok(check, fmt.Sprintf("a fixed-output build reaches none of the host's %d addresses", len(addrs)))
 }
 
-func quoteAll(ss []string) string {
-	q := make([]string, len(ss))
-	for i, s := range ss {
-		q[i] = strconv.Quote(s)
-	}
-	return strings.Join(q, " ")
+// nixString writes s as a Nix string literal.
+func nixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`)
+	return `"` + r.Replace(s) + `"`
 }
 
 // hostListener accepts connections on every address of the host, for probes that must reach none
-// of them; addrs are its loopback address and the host's other IPv4 addresses, each with its port.
+// of them. addrs are its loopback address and the host's other IPv4 addresses, each with its port;
+// addrs6 the IPv6 ones (loopback and global), which only the fetch probe tries.
 type hostListener struct {
-	l     net.Listener
-	addrs []string
+	l             net.Listener
+	addrs, addrs6 []string
 }
 
 func listenOnHost() (*hostListener, error) {
@@ -395,11 +419,16 @@ func listenOnHost() (*hostListener, error) {
 		}
 	}()
 	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
-	h := &hostListener{l: l, addrs: []string{net.JoinHostPort("127.0.0.1", port)}}
+	h := &hostListener{l: l, addrs: []string{net.JoinHostPort("127.0.0.1", port)}, addrs6: []string{net.JoinHostPort("::1", port)}}
 	ifaces, _ := net.InterfaceAddrs()
 	for _, a := range ifaces {
-		if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil && !ip.IP.IsLoopback() {
+		ip, ok := a.(*net.IPNet)
+		switch {
+		case !ok || ip.IP.IsLoopback():
+		case ip.IP.To4() != nil:
 			h.addrs = append(h.addrs, net.JoinHostPort(ip.IP.String(), port))
+		case ip.IP.IsGlobalUnicast():
+			h.addrs6 = append(h.addrs6, net.JoinHostPort(ip.IP.String(), port))
 		}
 	}
 	return h, nil

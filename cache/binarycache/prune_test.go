@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,8 +14,9 @@ import (
 )
 
 // memory is Objects in a map, for the prune's bookkeeping; the file and S3 backends run the same
-// prune against real stores in the conformance suite.
+// prune against real stores in the conformance suite. The prune calls it from several goroutines.
 type memory struct {
+	mu      sync.Mutex
 	objects map[string]ObjectInfo
 	data    map[string]string
 	// vanish are narinfos listed but gone when read, as another prune leaves them.
@@ -22,17 +24,23 @@ type memory struct {
 }
 
 func (m *memory) Exists(_ context.Context, key string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	_, ok := m.objects[key]
 	return ok, nil
 }
 func (m *memory) Put(context.Context, string, io.Reader, string) error { return nil }
 func (m *memory) Get(_ context.Context, key string) (io.ReadCloser, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.vanish[key] {
 		return nil, fmt.Errorf("%s: %w", key, ErrNotExist)
 	}
 	return io.NopCloser(strings.NewReader(m.data[key])), nil
 }
 func (m *memory) ListInfo(_ context.Context, dir, suffix string) ([]ObjectInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var out []ObjectInfo
 	for k, o := range m.objects {
 		if strings.HasPrefix(k, dir) && !strings.Contains(k[len(dir):], "/") && strings.HasSuffix(k, suffix) {
@@ -41,8 +49,13 @@ func (m *memory) ListInfo(_ context.Context, dir, suffix string) ([]ObjectInfo, 
 	}
 	return out, nil
 }
-func (m *memory) Delete(_ context.Context, key string) error { delete(m.objects, key); return nil }
-func (m *memory) String() string                             { return "memory" }
+func (m *memory) Delete(_ context.Context, key string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.objects, key)
+	return nil
+}
+func (m *memory) String() string { return "memory" }
 
 // add puts a narinfo for hash-name, written at t, whose NAR is nar, referencing refs.
 func (m *memory) add(hash, name, nar string, t time.Time, refs ...string) {
