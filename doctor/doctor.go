@@ -73,6 +73,43 @@ type Doctor struct {
 	opened     bool
 	backendOf  cache.Backend
 	backendErr error
+	// builders are the probes' builder in each tier's store, by daemon socket (see builder).
+	builders map[string]string
+}
+
+// nixEnv is the environment of nix commands that talk to t's daemon.
+func (d *Doctor) nixEnv(t config.Tier) []string {
+	return append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
+}
+
+// nix runs a nix command against t's daemon and returns the last line it printed; its error says
+// what the command printed on stderr.
+func (d *Doctor) nix(ctx context.Context, t config.Tier, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = d.nixEnv(t)
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = fmt.Errorf("%s: %s", args[0], buildError(string(ee.Stderr)))
+	}
+	return lastLine(string(out)), err
+}
+
+// builder adds hearth itself, the probes' builder (static, so it needs nothing else in the store),
+// to t's store, once a run for all the probes of the tier.
+func (d *Doctor) builder(ctx context.Context, t config.Tier) (string, error) {
+	if b, ok := d.builders[t.DaemonSocket]; ok {
+		return b, nil
+	}
+	b, err := d.nix(ctx, t, "nix-store", "--add", d.Exe)
+	if err != nil {
+		return "", fmt.Errorf("adding the probe's builder to the store: %w", err)
+	}
+	if d.builders == nil {
+		d.builders = map[string]string{}
+	}
+	d.builders[t.DaemonSocket] = b
+	return b, nil
 }
 
 // backend opens the configured cache the first time a check asks for it, and hands the same
@@ -261,27 +298,15 @@ func (d *Doctor) trust(ctx context.Context, name string, t config.Tier) Result {
 }
 
 // sandbox builds a derivation that records its own pid: in the sandbox's pid namespace it is 1.
-// Its builder is hearth itself (static, so it needs nothing else in the store), added to the tier's
-// store first. It returns the probe's output path.
+// It returns the probe's output path.
 func (d *Doctor) sandbox(ctx context.Context, name string, t config.Tier, nonce string) (string, Result) {
 	check := name + " sandbox"
-	nixEnv := append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
-	run := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Env = nixEnv
-		out, err := cmd.Output()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			err = fmt.Errorf("%s: %s", args[0], buildError(string(ee.Stderr)))
-		}
-		return lastLine(string(out)), err
-	}
-	builder, err := run("nix-store", "--add", d.Exe)
+	builder, err := d.builder(ctx, t)
 	if err != nil {
-		return "", bad(check, "adding the probe's builder to the store: "+err.Error(), "check that the daemon answers and its store has room")
+		return "", bad(check, err.Error(), "check that the daemon answers and its store has room")
 	}
 	expr := fmt.Sprintf(`derivation { name = "hearth-doctor-%s-%s"; system = builtins.currentSystem; builder = builtins.storePath %q; args = [ "doctor" "sandbox-probe" ]; }`, t.Name, nonce, builder)
-	path, err := run("nix-build", "--no-out-link", "-E", expr)
+	path, err := d.nix(ctx, t, "nix-build", "--no-out-link", "-E", expr)
 	if err != nil {
 		return "", bad(check, "a probe build failed: "+err.Error(), "see the daemon's log")
 	}
@@ -342,15 +367,10 @@ func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, n
 	if listenErr != nil {
 		return bad(check, "the doctor could not listen for the probe: "+listenErr.Error(), "run hearth doctor as root")
 	}
-	nixEnv := append(append([]string(nil), d.Env...), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+t.DaemonSocket)
-	var stderr strings.Builder
-	add := exec.CommandContext(ctx, "nix-store", "--add", d.Exe)
-	add.Env, add.Stderr = nixEnv, &stderr
-	out, err := add.Output()
+	builder, err := d.builder(ctx, t)
 	if err != nil {
-		return bad(check, fmt.Sprintf("adding the probe's builder to the store: %v: %s", err, buildError(stderr.String())), "check that the daemon answers and its store has room")
+		return bad(check, err.Error(), "check that the daemon answers and its store has room")
 	}
-	builder := lastLine(string(out))
 	addrs := append(append([]string(nil), host.addrs...), host.addrs6...)
 	quoted := make([]string, len(addrs))
 	for i, a := range addrs {
@@ -361,7 +381,7 @@ func (d *Doctor) fetchNetwork(ctx context.Context, name string, t config.Tier, n
 		t.Name, nonce, nixString(builder), strings.Join(quoted, " "), sum)
 	// Built here, by this daemon, and not by a remote builder with a network of its own.
 	build := exec.CommandContext(ctx, "nix-build", "--no-out-link", "--option", "builders", "", "-E", expr)
-	build.Env = nixEnv
+	build.Env = d.nixEnv(t)
 	var log strings.Builder
 	build.Stdout, build.Stderr = io.Discard, &log
 	if err := build.Run(); err != nil {
