@@ -63,7 +63,7 @@ func drain(ctx context.Context, p *Pusher, take func(context.Context) (*Batch, e
 }
 
 func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, []error, error) {
-	paths, err := entryPaths(ctx, p.Store, b.Entries...)
+	paths, err := EntryPaths(ctx, p.Store, b.Entries...)
 	if err != nil {
 		return Summary{}, nil, err
 	}
@@ -78,7 +78,7 @@ func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, []error, err
 	var rejected []error
 	failed := 0
 	for i, e := range b.Entries {
-		paths, err := entryPaths(ctx, p.Store, e)
+		paths, err := EntryPaths(ctx, p.Store, e)
 		if err == nil {
 			var s Summary
 			s, err = p.Push(ctx, paths, Closures)
@@ -107,8 +107,9 @@ func drainBatch(ctx context.Context, b *Batch, p *Pusher) (Summary, []error, err
 	return sum, rejected, fmt.Errorf("%d of %d queued builds were not pushed and stay queued: %w", failed, len(b.Entries), first)
 }
 
-// entryPaths lists the paths entries name: their outputs, and the outputs of their derivations.
-func entryPaths(ctx context.Context, store Store, entries ...Entry) ([]string, error) {
+// EntryPaths lists the paths entries name: their outputs, and the outputs of their derivations
+// (of those still in the store).
+func EntryPaths(ctx context.Context, store Store, entries ...Entry) ([]string, error) {
 	var paths, drvs []string
 	seen := map[string]bool{}
 	add := func(ps ...string) {

@@ -351,20 +351,14 @@ func queuedPaths(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var paths, drvs []string
-	for _, e := range entries {
-		paths = append(paths, e.Outputs...)
-		if e.Drv != "" {
-			drvs = append(drvs, e.Drv)
-		}
+	waiting := make([]cache.Entry, len(entries))
+	for i, w := range entries {
+		waiting[i] = w.Entry
 	}
 	store := nixstore.Daemon(cfg.Nix.Trusted().DaemonSocket)
-	if len(drvs) > 0 {
-		outs, err := store.Outputs(ctx, drvs...)
-		if err != nil {
-			return nil, fmt.Errorf("the outputs of the queued derivations: %w", err)
-		}
-		paths = append(paths, outs...)
+	paths, err := cache.EntryPaths(ctx, store, waiting...)
+	if err != nil {
+		return nil, err
 	}
 	var valid []string
 	for _, p := range paths {
